@@ -1,0 +1,17 @@
+"""The backend registry: one line per backend.
+
+Each entry names a module that defines ``BACKEND``, an object implementing
+:class:`fastxent._backends._interface.Backend`. A module that fails to import
+(for any reason: Numba missing, an extension that did not build) makes that
+backend unavailable, with the error kept as the reason.
+"""
+
+from __future__ import annotations
+
+#: Backend name -> module defining ``BACKEND``, in ``auto`` preference order.
+BACKEND_MODULES: dict[str, str] = {
+    "numpy": "fastxent._backends.numpy_backend",
+}
+
+#: The order ``auto`` tries backends in: fastest first.
+AUTO_ORDER: tuple[str, ...] = ("numpy",)

@@ -1,0 +1,120 @@
+"""The one interface every backend implements.
+
+Kernels see only canonical arrays: logits of shape ``(B, C, K)``, C-contiguous,
+float32 or float64, where ``C`` is the class axis, ``B`` the product of the
+axes before it and ``K`` the product of the axes after it (``K == 1`` when the
+class axis is last). Outputs are preallocated by the caller in the logits'
+dtype. A kernel validates nothing and allocates nothing of the input's size;
+the ``_api`` layer has checked every argument before the call.
+
+Row ``(b, k)`` means the ``C`` values ``logits[b, :, k]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.floating]
+IntArray = npt.NDArray[np.integer]
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """Scalar options of the cross-entropy kernels.
+
+    Attributes
+    ----------
+    ignore_index : int
+        Rows whose target equals this value (index targets only) get zero loss,
+        zero ``lse`` and zero gradient.
+    label_smoothing : float
+        In ``[0, 1]``; mixes the target with the uniform distribution.
+    softcap : float
+        ``0.0`` for none; otherwise logits are replaced by
+        ``softcap * tanh(logits / softcap)`` before everything else.
+    z_coef : float
+        Gradient only: the kernel differentiates ``xent + z_coef * lse**2``.
+        ``0.0`` must leave the gradient exactly as without a z-loss.
+    """
+
+    ignore_index: int = -100
+    label_smoothing: float = 0.0
+    softcap: float = 0.0
+    z_coef: float = 0.0
+
+
+class Backend(Protocol):
+    """Kernels on canonical arrays; see the module docstring for the layout."""
+
+    name: str
+
+    def logsumexp(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
+        """Write ``log(sum(exp(x), axis=1))`` of ``x (B, C, K)`` into ``out (B, K)``."""
+        ...
+
+    def softmax(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
+        """Write the softmax over axis 1 of ``x (B, C, K)`` into ``out``; ``out`` may be ``x``."""
+        ...
+
+    def log_softmax(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
+        """Write the log-softmax over axis 1 of ``x`` into ``out``; ``out`` may be ``x``."""
+        ...
+
+    def cross_entropy_index(
+        self,
+        logits: FloatArray,
+        target: IntArray,
+        weight: FloatArray,
+        params: LossParams,
+        loss: FloatArray,
+        lse: FloatArray,
+        grad: FloatArray | None,
+        grad_scale: FloatArray | None,
+        n_threads: int,
+    ) -> None:
+        """Cross-entropy with class-index targets, optionally with its gradient.
+
+        Parameters
+        ----------
+        logits : array of shape (B, C, K)
+        target : int32 or int64 array of shape (B, K)
+            Class indices. A row whose target is ``params.ignore_index`` or
+            outside ``[0, C)`` is ignored (the API has already rejected the
+            latter; the kernel still never reads outside the row).
+        weight : array of shape (C,)
+            Per-class weights (ones when the user gave none).
+        loss : array of shape (B, K), OUT
+            ``(1 - eps) * w[y] * (lse - x[y]) + eps / C * sum_c w[c] * (lse - x[c])``.
+        lse : array of shape (B, K), OUT
+            Log-sum-exp of each row (after the softcap).
+        grad : array of shape (B, C, K) or None, OUT
+            ``grad_scale[row] * d(loss[row] + z_coef * lse[row]**2) / d logits[row]``.
+            May be ``logits`` itself (in-place gradient).
+        grad_scale : float64 array of shape (B, K) or None
+            Upstream gradient of each row; given exactly when ``grad`` is.
+        """
+        ...
+
+    def cross_entropy_probs(
+        self,
+        logits: FloatArray,
+        target: FloatArray,
+        weight: FloatArray,
+        params: LossParams,
+        loss: FloatArray,
+        lse: FloatArray,
+        grad: FloatArray | None,
+        grad_scale: FloatArray | None,
+        n_threads: int,
+    ) -> None:
+        """Cross-entropy with class-probability targets, optionally with its gradient.
+
+        As :meth:`cross_entropy_index`, with ``target`` of shape ``(B, C, K)``
+        in the logits' dtype, ``t' = (1 - eps) * t + eps / C`` and
+        ``loss = sum_c w[c] * t'[c] * (lse - x[c])``. No row is ignored.
+        """
+        ...

@@ -1,0 +1,153 @@
+"""The NumPy reference backend: the last fallback and the test oracle.
+
+Written for clarity, not speed: every quantity is formed the way the
+definitions read (max-shifted, then normalised), with full-size temporaries.
+Non-finite values follow plain IEEE arithmetic, which is what PyTorch does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._interface import FloatArray, IntArray, LossParams
+
+
+def _row_max(x: FloatArray) -> FloatArray:
+    """Row maxima of ``x (B, C, K)`` as ``(B, 1, K)``, with ``-inf`` set to 0.
+
+    A row of all ``-inf`` then gives ``exp(-inf) = 0`` sums and a ``-inf``
+    log-sum-exp instead of ``-inf - -inf = nan``. A ``+inf`` maximum is kept:
+    ``inf - inf = nan`` makes the row NaN, as in torch's (log_)softmax.
+    """
+    if x.shape[1] == 0:
+        return np.zeros((x.shape[0], 1, x.shape[2]), dtype=x.dtype)
+    m = np.max(x, axis=1, keepdims=True)
+    return np.where(m == -np.inf, np.zeros_like(m), m)
+
+
+def _log_softmax_parts(x: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Return ``(log_probs (B, C, K), lse (B, K))`` of ``x (B, C, K)``."""
+    m = _row_max(x)
+    shifted = x - m
+    log_sum = np.log(np.sum(np.exp(shifted), axis=1, keepdims=True))
+    return shifted - log_sum, (m + log_sum)[:, 0, :]
+
+
+def _apply_softcap(x: FloatArray, softcap: float) -> FloatArray:
+    if softcap == 0.0:
+        return x
+    return (softcap * np.tanh(x / softcap)).astype(x.dtype, copy=False)
+
+
+def _softcap_slope(capped: FloatArray, softcap: float) -> FloatArray:
+    """``d capped / d x`` where ``capped = softcap * tanh(x / softcap)``."""
+    return 1 - (capped / softcap) ** 2
+
+
+class NumpyBackend:
+    """Reference kernels; see :class:`fastxent._backends._interface.Backend`."""
+
+    name = "numpy"
+
+    def logsumexp(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
+        with np.errstate(all="ignore"):
+            lse = _log_softmax_parts(x)[1]
+            # A +inf logit makes the sum +inf (scipy and torch agree), not nan.
+            has_inf = np.any(x == np.inf, axis=1) & ~np.any(np.isnan(x), axis=1)
+            out[...] = np.where(has_inf, np.inf, lse)
+
+    def softmax(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
+        with np.errstate(all="ignore"):
+            e = np.exp(x - _row_max(x))
+            out[...] = e / np.sum(e, axis=1, keepdims=True)
+
+    def log_softmax(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
+        with np.errstate(all="ignore"):
+            out[...] = _log_softmax_parts(x)[0]
+
+    def cross_entropy_index(
+        self,
+        logits: FloatArray,
+        target: IntArray,
+        weight: FloatArray,
+        params: LossParams,
+        loss: FloatArray,
+        lse: FloatArray,
+        grad: FloatArray | None,
+        grad_scale: FloatArray | None,
+        n_threads: int,
+    ) -> None:
+        n_classes = logits.shape[1]
+        eps = params.label_smoothing
+        valid = (target != params.ignore_index) & (target >= 0) & (target < n_classes)
+        safe_target = np.where(valid, target, 0)[:, None, :]
+        with np.errstate(all="ignore"):
+            x = _apply_softcap(logits, params.softcap)
+            log_probs, row_lse = _log_softmax_parts(x)
+            if n_classes == 0:
+                # Every row is ignored: the API rejects any other target.
+                w_target = np.zeros(target.shape, dtype=logits.dtype)
+                log_p_target = np.zeros(target.shape, dtype=logits.dtype)
+            else:
+                w_target = weight[safe_target[:, 0, :]]
+                log_p_target = np.take_along_axis(log_probs, safe_target, axis=1)[:, 0, :]
+            w_col = weight[None, :, None]
+            row_loss = -(1 - eps) * w_target * log_p_target
+            if eps > 0:
+                row_loss = row_loss + eps / n_classes * -np.sum(w_col * log_probs, axis=1)
+            loss[...] = np.where(valid, row_loss, 0)
+            lse[...] = np.where(valid, row_lse, 0)
+            if grad is None or grad_scale is None:
+                return
+            probs = np.exp(log_probs)
+            coef = (1 - eps) * w_target
+            if eps > 0:
+                coef = coef + eps / n_classes * np.sum(weight)
+            if params.z_coef != 0:
+                coef = coef + 2 * params.z_coef * row_lse
+            g = probs * coef[:, None, :]
+            if n_classes > 0:
+                at_target = np.take_along_axis(g, safe_target, axis=1)
+                at_target -= (1 - eps) * w_target[:, None, :]
+                np.put_along_axis(g, safe_target, at_target, axis=1)
+            if eps > 0:
+                g = g - eps / n_classes * w_col
+            g = g * grad_scale[:, None, :]
+            if params.softcap != 0:
+                g = g * _softcap_slope(x, params.softcap)
+            grad[...] = np.where(valid[:, None, :], g, 0)
+
+    def cross_entropy_probs(
+        self,
+        logits: FloatArray,
+        target: FloatArray,
+        weight: FloatArray,
+        params: LossParams,
+        loss: FloatArray,
+        lse: FloatArray,
+        grad: FloatArray | None,
+        grad_scale: FloatArray | None,
+        n_threads: int,
+    ) -> None:
+        n_classes = logits.shape[1]
+        eps = params.label_smoothing
+        with np.errstate(all="ignore"):
+            x = _apply_softcap(logits, params.softcap)
+            log_probs, row_lse = _log_softmax_parts(x)
+            smoothed = target * (1 - eps) + eps / n_classes if eps > 0 else target
+            weighted_target = smoothed * weight[None, :, None]
+            loss[...] = -np.sum(log_probs * weighted_target, axis=1)
+            lse[...] = row_lse
+            if grad is None or grad_scale is None:
+                return
+            coef = np.sum(weighted_target, axis=1)
+            if params.z_coef != 0:
+                coef = coef + 2 * params.z_coef * row_lse
+            g = np.exp(log_probs) * coef[:, None, :] - weighted_target
+            g = g * grad_scale[:, None, :]
+            if params.softcap != 0:
+                g = g * _softcap_slope(x, params.softcap)
+            grad[...] = g
+
+
+BACKEND = NumpyBackend()

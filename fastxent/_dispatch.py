@@ -1,0 +1,237 @@
+"""Choosing a backend and a thread count.
+
+Precedence for the backend: :func:`use_backend` (per thread / context) >
+:func:`set_backend` (process-wide) > ``FASTXENT_BACKEND`` > ``auto``.
+Environment variables are read once, at import; a bad value raises on first
+use, naming the variable, so that ``import fastxent`` itself never fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+import threading
+from collections.abc import Iterator
+
+from ._backends import AUTO_ORDER, BACKEND_MODULES
+from ._backends._interface import Backend
+
+__all__ = [
+    "BackendUnavailableError",
+    "available_backends",
+    "backend_errors",
+    "current_backend",
+    "get_backend",
+    "get_num_threads",
+    "set_backend",
+    "set_num_threads",
+    "use_backend",
+]
+
+_ENV_BACKEND = os.environ.get("FASTXENT_BACKEND", "").strip().lower() or "auto"
+_ENV_THREADS = os.environ.get("FASTXENT_NUM_THREADS", "").strip()
+
+_VALID_NAMES = ("auto", *BACKEND_MODULES)
+
+_load_lock = threading.Lock()
+_loaded: dict[str, Backend] = {}
+_load_errors: dict[str, str] = {}
+
+_process_choice: str | None = None
+_context_choice: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fastxent_backend", default=None
+)
+_process_threads: int | None = None
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for by name but cannot be used on this machine."""
+
+
+def _load(name: str) -> Backend | None:
+    """Import backend ``name`` once; remember why if that fails."""
+    with _load_lock:
+        if name in _loaded:
+            return _loaded[name]
+        if name in _load_errors:
+            return None
+        try:
+            module = importlib.import_module(BACKEND_MODULES[name])
+            backend: Backend = module.BACKEND
+        except Exception as exc:  # any failure means "unavailable", with the reason kept
+            _load_errors[name] = f"{type(exc).__name__}: {exc}"
+            return None
+        _loaded[name] = backend
+        return backend
+
+
+def available_backends() -> list[str]:
+    """Names of the backends usable here, fastest first.
+
+    Returns
+    -------
+    list of str
+        A subset of ``["numba", "cython", "numpy"]``; ``"numpy"`` is always in it.
+
+    Examples
+    --------
+    >>> import fastxent
+    >>> "numpy" in fastxent.available_backends()
+    True
+    """
+    return [name for name in AUTO_ORDER if _load(name) is not None]
+
+
+def backend_errors() -> dict[str, str]:
+    """Why each unavailable backend could not be loaded, by name."""
+    available_backends()
+    return dict(_load_errors)
+
+
+def _check_name(name: object, source: str) -> str:
+    if not isinstance(name, str) or name.strip().lower() not in _VALID_NAMES:
+        raise ValueError(
+            f"{source} must be one of {', '.join(_VALID_NAMES)}; got {name!r} "
+            f"(available here: {', '.join(available_backends())})"
+        )
+    return name.strip().lower()
+
+
+def _resolve(name: str, source: str) -> str:
+    """Turn a valid name (or ``auto``) into the name of a loaded backend."""
+    if name == "auto":
+        return available_backends()[0]
+    if _load(name) is None:
+        raise BackendUnavailableError(
+            f"{source}={name!r}: the {name} backend is unavailable "
+            f"({_load_errors[name]}); available here: {', '.join(available_backends())}"
+        )
+    return name
+
+
+def get_backend() -> str:
+    """Name of the backend the next call in this thread will use.
+
+    Returns
+    -------
+    str
+        One of :func:`available_backends`.
+
+    Raises
+    ------
+    ValueError
+        If ``FASTXENT_BACKEND`` holds an unknown name.
+    BackendUnavailableError
+        If the requested backend cannot be used here.
+    """
+    chosen = _context_choice.get()
+    if chosen is not None:
+        return _resolve(chosen, "use_backend")
+    if _process_choice is not None:
+        return _resolve(_process_choice, "set_backend")
+    env_name = _check_name(_ENV_BACKEND, "FASTXENT_BACKEND")
+    return _resolve(env_name, "FASTXENT_BACKEND")
+
+
+def current_backend() -> Backend:
+    """The backend object :func:`get_backend` names."""
+    return _loaded[get_backend()]
+
+
+def set_backend(name: str) -> None:
+    """Choose the backend for the whole process.
+
+    Parameters
+    ----------
+    name : {"auto", "numba", "cython", "numpy"}
+        ``"auto"`` picks the fastest available backend.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a known backend name.
+    BackendUnavailableError
+        If that backend cannot be used here.
+    """
+    global _process_choice
+    checked = _check_name(name, "name")
+    _resolve(checked, "name")
+    _process_choice = checked
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[str]:
+    """Use backend ``name`` inside a ``with`` block, in this thread only.
+
+    The choice is held in a :mod:`contextvars` variable, so other threads (and
+    other asyncio tasks) keep their own backend.
+
+    Parameters
+    ----------
+    name : {"auto", "numba", "cython", "numpy"}
+
+    Yields
+    ------
+    str
+        The name of the backend in use inside the block.
+
+    Examples
+    --------
+    >>> import fastxent
+    >>> with fastxent.use_backend("numpy") as name:
+    ...     print(name, fastxent.get_backend())
+    numpy numpy
+    """
+    checked = _check_name(name, "name")
+    resolved = _resolve(checked, "name")
+    token = _context_choice.set(checked)
+    try:
+        yield resolved
+    finally:
+        _context_choice.reset(token)
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _check_threads(n: object, source: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{source} must be an integer >= 1; got {n!r}")
+    return n
+
+
+def get_num_threads() -> int:
+    """Number of threads the kernels may use.
+
+    :func:`set_num_threads` wins over ``FASTXENT_NUM_THREADS``, which wins over
+    the number of CPUs this process may run on. Each backend uses at most as
+    many threads as it can start (Numba: ``NUMBA_NUM_THREADS``).
+    """
+    if _process_threads is not None:
+        return _process_threads
+    if _ENV_THREADS:
+        try:
+            parsed: object = int(_ENV_THREADS)
+        except ValueError:
+            parsed = _ENV_THREADS
+        return _check_threads(parsed, "FASTXENT_NUM_THREADS")
+    return _usable_cpus()
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads the kernels may use, for the whole process.
+
+    Parameters
+    ----------
+    n : int
+        At least 1. Results do not depend on it: kernels split work by rows
+        and never reduce across rows.
+    """
+    global _process_threads
+    _process_threads = _check_threads(n, "n")

@@ -1,0 +1,5 @@
+"""Builds fastxent's compiled extension; all metadata lives in pyproject.toml."""
+
+from setuptools import setup
+
+setup()
