@@ -216,11 +216,9 @@ def get_num_threads() -> int:
     if _process_threads is not None:
         return _process_threads
     if _ENV_THREADS:
-        try:
-            parsed: object = int(_ENV_THREADS)
-        except ValueError:
-            parsed = _ENV_THREADS
-        return _check_threads(parsed, "FASTXENT_NUM_THREADS")
+        if not _ENV_THREADS.isdigit() or int(_ENV_THREADS) < 1:
+            raise ValueError(f"FASTXENT_NUM_THREADS must be an integer >= 1; got {_ENV_THREADS!r}")
+        return int(_ENV_THREADS)
     return _usable_cpus()
 
 

@@ -1,0 +1,148 @@
+"""Backend selection, thread settings, configuration report and the test-session gate."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastxent
+from fastxent import _dispatch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, **env}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=120, cwd=ROOT
+    )
+
+
+def test_numpy_is_always_available():
+    assert "numpy" in fastxent.available_backends()
+    assert fastxent.available_backends()[-1] == "numpy"
+
+
+def test_use_backend_restores_previous_choice(backend):
+    with fastxent.use_backend("numpy") as name:
+        assert name == fastxent.get_backend() == "numpy"
+    assert fastxent.get_backend() == backend
+
+
+def test_use_backend_is_local_to_its_thread():
+    seen: list[str] = []
+    outside = fastxent.get_backend()
+    with fastxent.use_backend("numpy"):
+        worker = threading.Thread(target=lambda: seen.append(fastxent.get_backend()))
+        worker.start()
+        worker.join()
+    assert seen == [outside]
+
+
+def test_set_backend_is_process_wide(monkeypatch):
+    monkeypatch.setattr(_dispatch, "_process_choice", None)
+    fastxent.set_backend("numpy")
+    seen: list[str] = []
+    worker = threading.Thread(target=lambda: seen.append(fastxent.get_backend()))
+    worker.start()
+    worker.join()
+    assert seen == ["numpy"]
+    fastxent.set_backend("auto")
+    assert fastxent.get_backend() == fastxent.available_backends()[0]
+
+
+@pytest.mark.parametrize("bad", ["tensorflow", "", None, 3])
+def test_unknown_backend_lists_valid_and_available(bad):
+    with pytest.raises(ValueError, match=r"name must be one of auto, .*numpy; got .*available here: .*numpy"):
+        fastxent.set_backend(bad)
+    with pytest.raises(ValueError, match="name must be one of"), fastxent.use_backend(bad):
+        pass
+
+
+def test_unavailable_backend_says_why(monkeypatch):
+    monkeypatch.setitem(_dispatch.BACKEND_MODULES, "broken", "fastxent._no_such_module")
+    monkeypatch.setattr(_dispatch, "_VALID_NAMES", (*_dispatch._VALID_NAMES, "broken"))
+    monkeypatch.setattr(_dispatch, "_load_errors", dict(_dispatch._load_errors))
+    with pytest.raises(fastxent.BackendUnavailableError, match="broken backend is unavailable.*ModuleNotFoundError"):
+        fastxent.set_backend("broken")
+
+
+def test_environment_variable_selects_backend():
+    result = run_python("import fastxent; print(fastxent.get_backend())", FASTXENT_BACKEND="numpy")
+    assert result.stdout.strip() == "numpy", result.stderr
+
+
+def test_bad_environment_variable_fails_on_first_use_not_import():
+    code = "import fastxent, numpy as np\nprint('imported')\nfastxent.softmax(np.zeros(3))"
+    result = run_python(code, FASTXENT_BACKEND="fastest")
+    assert "imported" in result.stdout
+    assert "FASTXENT_BACKEND must be one of auto" in result.stderr and "got 'fastest'" in result.stderr
+
+
+class TestThreads:
+    def test_set_and_get(self, monkeypatch):
+        monkeypatch.setattr(_dispatch, "_process_threads", None)
+        fastxent.set_num_threads(1)
+        assert fastxent.get_num_threads() == 1
+
+    @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+    def test_bad_values(self, bad):
+        with pytest.raises(ValueError, match=f"n must be an integer >= 1; got {bad!r}"):
+            fastxent.set_num_threads(bad)
+
+    def test_environment_variable(self):
+        result = run_python("import fastxent; print(fastxent.get_num_threads())", FASTXENT_NUM_THREADS="3")
+        assert result.stdout.strip() == "3", result.stderr
+
+    @pytest.mark.parametrize("bad", ["0", "many"])
+    def test_bad_environment_variable(self, bad):
+        result = run_python("import fastxent; fastxent.get_num_threads()", FASTXENT_NUM_THREADS=bad)
+        assert f"FASTXENT_NUM_THREADS must be an integer >= 1; got {bad!r}" in result.stderr.replace('"', "'")
+
+    def test_results_do_not_depend_on_thread_count(self, backend, monkeypatch):
+        rng = np.random.default_rng(0)
+        logits = rng.standard_normal((300, 37)).astype(np.float32)
+        target = rng.integers(0, 37, 300)
+        results = []
+        for n in (1, 2, 3):
+            monkeypatch.setattr(_dispatch, "_process_threads", n)
+            results.append(fastxent.cross_entropy_and_grad(logits, target, reduction="sum"))
+        for loss, grad in results[1:]:
+            assert loss == results[0][0]
+            np.testing.assert_array_equal(grad, results[0][1])
+
+
+def test_show_config_lists_every_backend(capsys):
+    fastxent.show_config()
+    printed = capsys.readouterr().out
+    for name in _dispatch.BACKEND_MODULES:
+        assert f"  {name}" in printed
+    assert "selected" in printed and "threads" in printed
+
+
+def test_info_command():
+    result = subprocess.run(
+        [sys.executable, "-m", "fastxent", "info"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert "backends:" in result.stdout and "numpy   available" in result.stdout
+
+
+def test_required_backend_missing_fails_the_session(tmp_path):
+    probe = tmp_path / "test_probe.py"
+    probe.write_text("def test_nothing():\n    pass\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
+         "-c", str(ROOT / "pyproject.toml"), "--confcutdir", str(ROOT / "tests"),
+         str(ROOT / "tests" / "test_dispatch.py::test_numpy_is_always_available")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env={**os.environ, "FASTXENT_REQUIRE_BACKENDS": "numpy,imaginary"},
+    )
+    assert result.returncode != 0
+    assert "FASTXENT_REQUIRE_BACKENDS asks for imaginary" in result.stdout + result.stderr
