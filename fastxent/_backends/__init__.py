@@ -10,8 +10,9 @@ from __future__ import annotations
 
 #: Backend name -> module defining ``BACKEND``, in ``auto`` preference order.
 BACKEND_MODULES: dict[str, str] = {
+    "numba": "fastxent._backends.numba_backend",
     "numpy": "fastxent._backends.numpy_backend",
 }
 
 #: The order ``auto`` tries backends in: fastest first.
-AUTO_ORDER: tuple[str, ...] = ("numpy",)
+AUTO_ORDER: tuple[str, ...] = ("numba", "numpy")

@@ -1,0 +1,102 @@
+"""The Numba backend: row-parallel fused kernels compiled on first use and cached on disk.
+
+Importing this module imports Numba but compiles nothing; each kernel is
+compiled for a dtype on its first call (or loaded from Numba's cache).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._interface import FloatArray, IntArray, LossParams
+from . import _rows, _tiles
+
+
+def _dummy(dtype: np.dtype, ndim: int) -> np.ndarray:
+    """A placeholder for an output that is not wanted (kernels never touch it)."""
+    return np.zeros((1,) * ndim, dtype=dtype)
+
+
+class NumbaBackend:
+    """Numba kernels; see :class:`fastxent._backends._interface.Backend`."""
+
+    name = "numba"
+
+    def logsumexp(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
+        b, c, k = x.shape
+        if k == 1:
+            _rows.logsumexp_rows(n_threads, x.size, x[:, :, 0], out[:, 0])
+        else:
+            _tiles.logsumexp_tiles(n_threads, x.size, x, out, _tiles.tile_width(c, k, x.itemsize))
+
+    def _softmax(self, x: FloatArray, out: FloatArray, n_threads: int, log: bool) -> None:
+        b, c, k = x.shape
+        if k == 1:
+            _rows.softmax_rows(n_threads, x.size, x[:, :, 0], out[:, :, 0], log)
+        else:
+            _tiles.softmax_tiles(n_threads, x.size, x, out, log, _tiles.tile_width(c, k, x.itemsize))
+
+    def softmax(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
+        self._softmax(x, out, n_threads, False)
+
+    def log_softmax(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
+        self._softmax(x, out, n_threads, True)
+
+    def cross_entropy_index(
+        self,
+        logits: FloatArray,
+        target: IntArray,
+        weight: FloatArray,
+        params: LossParams,
+        loss: FloatArray,
+        lse: FloatArray,
+        grad: FloatArray | None,
+        grad_scale: FloatArray | None,
+        n_threads: int,
+    ) -> None:
+        b, c, k = logits.shape
+        with_grad = grad is not None and grad_scale is not None
+        grad = grad if with_grad else _dummy(logits.dtype, 3)
+        grad_scale = grad_scale if with_grad else _dummy(np.dtype(np.float64), 2)
+        options = (params.ignore_index, params.label_smoothing, params.softcap, params.z_coef)
+        if k == 1:
+            _rows.xent_index_rows(
+                n_threads, logits.size, logits[:, :, 0], target[:, 0], weight, *options,
+                loss[:, 0], lse[:, 0], grad[:, :, 0], grad_scale[:, 0], with_grad,
+            )  # fmt: skip
+        else:
+            _tiles.xent_index_tiles(
+                n_threads, logits.size, logits, target, weight, *options,
+                loss, lse, grad, grad_scale, with_grad, _tiles.tile_width(c, k, logits.itemsize),
+            )  # fmt: skip
+
+    def cross_entropy_probs(
+        self,
+        logits: FloatArray,
+        target: FloatArray,
+        weight: FloatArray,
+        params: LossParams,
+        loss: FloatArray,
+        lse: FloatArray,
+        grad: FloatArray | None,
+        grad_scale: FloatArray | None,
+        n_threads: int,
+    ) -> None:
+        b, c, k = logits.shape
+        with_grad = grad is not None and grad_scale is not None
+        grad = grad if with_grad else _dummy(logits.dtype, 3)
+        grad_scale = grad_scale if with_grad else _dummy(np.dtype(np.float64), 2)
+        options = (params.label_smoothing, params.softcap, params.z_coef)
+        if k == 1:
+            _rows.xent_probs_rows(
+                n_threads, logits.size, logits[:, :, 0], target[:, :, 0], weight, *options,
+                loss[:, 0], lse[:, 0], grad[:, :, 0], grad_scale[:, 0], with_grad,
+            )  # fmt: skip
+        else:
+            _tiles.xent_probs_tiles(
+                n_threads, logits.size, logits, target, weight, *options,
+                loss, lse, grad, grad_scale, with_grad, _tiles.tile_width(c, k, logits.itemsize),
+            )  # fmt: skip
+
+
+BACKEND = NumbaBackend()

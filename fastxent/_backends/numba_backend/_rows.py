@@ -1,0 +1,233 @@
+"""Kernels for rows that are contiguous (class axis last: ``K == 1``).
+
+Each row is swept in L1-sized chunks: the chunk's maximum is found with a
+vectorised integer max, then its ``exp`` sum is taken from L1 relative to
+the running maximum, rescaling the running sum when the maximum grows (the
+online normaliser of Milakov & Gimelshein, at chunk granularity). Memory is
+therefore read once for a loss; a gradient reads the row a second time
+(from cache for rows up to a few hundred KB) and writes it once.
+
+The shift ``M`` is the row maximum, or 0 for a row with no value above
+``-inf``; ``S = sum(exp(x - M))``. ``log_softmax = (x - M) - log(S)`` keeps
+full precision for logits of magnitude 1e4 in float32, where forming
+``lse = M + log(S)`` first would lose ~1e-3.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._launch import variants
+from ._simd import fast_exp, range_max, typed
+
+#: Reassociation lets LLVM vectorise sums; no nnan/ninf (they would break -inf masks).
+FAST = {"reassoc", "contract"}
+
+#: Elements per chunk: 8 KB of float32, 16 KB of float64, well inside L1.
+CHUNK = 2048
+
+
+@njit(fastmath=FAST, cache=True)
+def capped(value, cap):  # type: ignore[no-untyped-def]
+    """``cap * tanh(value / cap)``, or ``value`` when ``cap`` is 0."""
+    if cap == 0:
+        return value
+    scale = typed(value, cap)
+    return scale * math.tanh(value / scale)
+
+
+@njit(fastmath=FAST, cache=True)
+def _chunk_sumexp(row, start, stop, shift):  # type: ignore[no-untyped-def]
+    total = typed(row, 0.0)
+    for i in range(start, stop):
+        total += fast_exp(row[i] - shift)
+    return total
+
+
+@njit(fastmath=FAST, cache=True)
+def _chunk_sumexp_capped(row, start, stop, shift, cap):  # type: ignore[no-untyped-def]
+    total = typed(row, 0.0)
+    for i in range(start, stop):
+        total += fast_exp(capped(row[i], cap) - shift)
+    return total
+
+
+@njit(fastmath=FAST, cache=True)
+def row_shift_and_sum(row, cap):  # type: ignore[no-untyped-def]
+    """Return ``(M, S)`` of the (soft-capped) row; see the module docstring."""
+    neg_inf = typed(row, -np.inf)
+    best = neg_inf
+    total = typed(row, 0.0)
+    for start in range(0, row.size, CHUNK):
+        stop = min(start + CHUNK, row.size)
+        chunk_max = range_max(row, start, stop)
+        if cap != 0:
+            # tanh is monotonic: the capped maximum is the cap of the maximum.
+            chunk_max = capped(chunk_max, cap)
+        if chunk_max > best:
+            total = total * fast_exp(best - chunk_max)
+            best = chunk_max
+        shift = best if best != neg_inf else typed(row, 0.0)
+        if cap == 0:
+            total += _chunk_sumexp(row, start, stop, shift)
+        else:
+            total += _chunk_sumexp_capped(row, start, stop, shift, cap)
+    return (best if best != neg_inf else typed(row, 0.0)), total
+
+
+@njit(fastmath=FAST, cache=True)
+def row_logsumexp(row, shift, total):  # type: ignore[no-untyped-def]
+    """``M + log(S)``, except that a ``+inf`` logit gives ``+inf`` (NaN if the row has a NaN)."""
+    if shift == np.inf:
+        for i in range(row.size):
+            if np.isnan(row[i]):
+                return row[i]
+        return shift
+    return shift + math.log(total)
+
+
+@njit(fastmath=FAST, cache=True)
+def row_weighted_sum(row, weight, cap):  # type: ignore[no-untyped-def]
+    """``sum(weight * capped(row))`` in float64 (only needed with label smoothing)."""
+    acc = 0.0
+    for i in range(row.size):
+        acc += np.float64(weight[i]) * np.float64(capped(row[i], cap))
+    return acc
+
+
+@njit(fastmath=FAST, cache=True)
+def row_target_sums(row, target, weight, eps, cap):  # type: ignore[no-untyped-def]
+    """``(sum w t', sum w t' x)`` in float64 for probability targets, ``t' = (1-eps) t + eps/C``."""
+    n = row.size
+    uniform = eps / n if n else 0.0
+    keep = 1.0 - eps
+    mass = 0.0
+    moment = 0.0
+    for i in range(n):
+        wt = np.float64(weight[i]) * (np.float64(target[i]) * keep + uniform)
+        mass += wt
+        moment += wt * np.float64(capped(row[i], cap))
+    return mass, moment
+
+
+@njit(fastmath=FAST, cache=True)
+def _write_probs(row, out, shift, scale, cap):  # type: ignore[no-untyped-def]
+    """``out = scale * exp(capped(row) - M)``; ``out`` may be ``row``."""
+    if cap == 0:
+        for i in range(row.size):
+            out[i] = fast_exp(row[i] - shift) * scale
+    else:
+        for i in range(row.size):
+            out[i] = fast_exp(capped(row[i], cap) - shift) * scale
+
+
+@njit(fastmath=FAST, cache=True)
+def _write_grad(row, out, shift, inv_total, a, smooth, weight, cap):  # type: ignore[no-untyped-def]
+    """``out = a * p - smooth * w`` (times the softcap slope); ``out`` may be ``row``."""
+    scale = inv_total * a
+    if cap == 0 and smooth == 0:
+        for i in range(row.size):
+            out[i] = fast_exp(row[i] - shift) * scale
+    elif cap == 0:
+        for i in range(row.size):
+            out[i] = fast_exp(row[i] - shift) * scale - smooth * weight[i]
+    else:
+        for i in range(row.size):
+            z = capped(row[i], cap)
+            ratio = z / typed(row, cap)
+            out[i] = (fast_exp(z - shift) * scale - smooth * weight[i]) * (typed(row, 1.0) - ratio * ratio)
+
+
+@njit(fastmath=FAST, cache=True)
+def _write_grad_probs(row, target, out, shift, inv_total, a, gscale, eps, weight, cap):  # type: ignore[no-untyped-def]
+    """``out = a * p - gscale * w * t'`` (times the softcap slope); ``out`` may be ``row``."""
+    n = row.size
+    scale = inv_total * a
+    uniform = typed(row, eps / n)
+    keep = typed(row, 1.0 - eps)
+    g = typed(row, gscale)
+    for i in range(n):
+        z = capped(row[i], cap)
+        value = fast_exp(z - shift) * scale - g * weight[i] * (target[i] * keep + uniform)
+        if cap != 0:
+            ratio = z / typed(row, cap)
+            value *= typed(row, 1.0) - ratio * ratio
+        out[i] = value
+
+
+@variants(FAST)
+def logsumexp_rows(x, out):  # type: ignore[no-untyped-def]
+    for b in prange(x.shape[0]):
+        shift, total = row_shift_and_sum(x[b], 0.0)
+        out[b] = row_logsumexp(x[b], shift, total)
+
+
+@variants(FAST)
+def softmax_rows(x, out, log):  # type: ignore[no-untyped-def]
+    for b in prange(x.shape[0]):
+        row = x[b]
+        shift, total = row_shift_and_sum(row, 0.0)
+        if log:
+            log_total = math.log(total)
+            for i in range(row.size):
+                out[b, i] = (row[i] - shift) - log_total
+        else:
+            _write_probs(row, out[b], shift, 1 / total, 0.0)
+
+
+@variants(FAST)
+def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse, grad, gscale, with_grad):  # type: ignore[no-untyped-def]
+    n_rows, n_classes = x.shape
+    weight_sum = 0.0
+    for c in range(n_classes):
+        weight_sum += np.float64(weight[c])
+    smooth = eps / n_classes if n_classes else 0.0
+    for b in prange(n_rows):
+        y = target[b]
+        if y == ignore_index or y < 0 or y >= n_classes:
+            loss[b] = 0
+            lse[b] = 0
+            if with_grad:
+                grad[b, :] = 0
+            continue
+        row = x[b]
+        x_y = capped(row[y], cap)
+        w_y = np.float64(weight[y])
+        shift, total = row_shift_and_sum(row, cap)
+        log_total = math.log(total)
+        row_lse = np.float64(shift) + log_total
+        value = (1.0 - eps) * w_y * (np.float64(shift - x_y) + log_total)
+        if eps > 0:
+            value += smooth * (weight_sum * row_lse - row_weighted_sum(row, weight, cap))
+        loss[b] = value
+        lse[b] = row_lse
+        if with_grad:
+            g = gscale[b]
+            a = g * ((1.0 - eps) * w_y + smooth * weight_sum)
+            if z_coef != 0:
+                a += g * 2.0 * z_coef * row_lse
+            slope_y = 1.0
+            if cap != 0:
+                slope_y = 1.0 - (x_y / cap) ** 2
+            _write_grad(row, grad[b], shift, typed(row, 1 / total), typed(row, a), typed(row, g * smooth), weight, cap)
+            grad[b, y] -= g * (1.0 - eps) * w_y * slope_y
+
+
+@variants(FAST)
+def xent_probs_rows(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscale, with_grad):  # type: ignore[no-untyped-def]
+    for b in prange(x.shape[0]):
+        row = x[b]
+        shift, total = row_shift_and_sum(row, cap)
+        mass, moment = row_target_sums(row, target[b], weight, eps, cap)
+        row_lse = np.float64(shift) + math.log(total)
+        loss[b] = mass * row_lse - moment
+        lse[b] = row_lse
+        if with_grad:
+            g = gscale[b]
+            a = g * mass
+            if z_coef != 0:
+                a += g * 2.0 * z_coef * row_lse
+            _write_grad_probs(row, target[b], grad[b], shift, typed(row, 1 / total), typed(row, a), g, eps, weight, cap)

@@ -1,0 +1,229 @@
+"""Kernels for a class axis that is not last (``K > 1``), without a transposed copy.
+
+For ``(N, C, H, W)`` logits the row of position ``(b, k)`` is strided by
+``K``, but the positions themselves are contiguous. A tile holds ``width``
+consecutive positions of one ``b``; every loop runs over classes outside and
+positions inside, so the inner loops are contiguous, elementwise and
+vectorised (per-position maxima need no reduction, so no integer trick).
+Tiles are sized to stay in cache for the second sweep, and are the unit of
+parallel work. Per-position values mirror those of :mod:`._rows`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._launch import variants
+from ._rows import FAST, capped
+from ._simd import fast_exp, typed
+
+#: Bytes of logits per tile: a tile is swept twice, the second time from L1/L2.
+TILE_BYTES = 32 * 1024
+
+
+def tile_width(n_classes: int, n_positions: int, itemsize: int) -> int:
+    """Positions per tile: a multiple of 16 between 16 and 1024 fitting ``TILE_BYTES``."""
+    width = TILE_BYTES // max(1, n_classes * itemsize)
+    width = max(16, min(1024, width - width % 16))
+    return max(1, min(width, n_positions))
+
+
+@njit(fastmath=FAST, cache=True)
+def tile_shift_and_sum(x, b, k0, width, cap, shift, total):  # type: ignore[no-untyped-def]
+    """Fill ``shift[:width]`` and ``total[:width]`` (M and S of each position in the tile)."""
+    neg_inf = typed(x, -np.inf)
+    for k in range(width):
+        shift[k] = neg_inf
+    for c in range(x.shape[1]):
+        column = x[b, c, k0 : k0 + width]
+        for k in range(width):
+            value = column[k]
+            shift[k] = value if value > shift[k] else shift[k]
+    for k in range(width):
+        best = capped(shift[k], cap) if cap != 0 else shift[k]
+        shift[k] = best if best != neg_inf else typed(x, 0.0)
+        total[k] = 0
+    for c in range(x.shape[1]):
+        column = x[b, c, k0 : k0 + width]
+        if cap == 0:
+            for k in range(width):
+                total[k] += fast_exp(column[k] - shift[k])
+        else:
+            for k in range(width):
+                total[k] += fast_exp(capped(column[k], cap) - shift[k])
+
+
+@njit(cache=True)
+def _units(x, width):  # type: ignore[no-untyped-def]
+    tiles = (x.shape[2] + width - 1) // width
+    return tiles, x.shape[0] * tiles
+
+
+@njit(fastmath=FAST, cache=True)
+def _scratch(x, width):  # type: ignore[no-untyped-def]
+    return np.empty(width, dtype=x.dtype), np.empty(width, dtype=x.dtype)
+
+
+@variants(FAST)
+def logsumexp_tiles(x, out, width):  # type: ignore[no-untyped-def]
+    tiles, units = _units(x, width)
+    for unit in prange(units):
+        b, k0 = unit // tiles, (unit % tiles) * width
+        w = min(width, x.shape[2] - k0)
+        shift, total = _scratch(x, w)
+        tile_shift_and_sum(x, b, k0, w, 0.0, shift, total)
+        for k in range(w):
+            if shift[k] == np.inf:
+                value = shift[k]
+                for c in range(x.shape[1]):
+                    if np.isnan(x[b, c, k0 + k]):
+                        value = x[b, c, k0 + k]
+                out[b, k0 + k] = value
+            else:
+                out[b, k0 + k] = shift[k] + math.log(total[k])
+
+
+@variants(FAST)
+def softmax_tiles(x, out, log, width):  # type: ignore[no-untyped-def]
+    tiles, units = _units(x, width)
+    for unit in prange(units):
+        b, k0 = unit // tiles, (unit % tiles) * width
+        w = min(width, x.shape[2] - k0)
+        shift, total = _scratch(x, w)
+        tile_shift_and_sum(x, b, k0, w, 0.0, shift, total)
+        for k in range(w):
+            total[k] = math.log(total[k]) if log else 1 / total[k]
+        for c in range(x.shape[1]):
+            column = x[b, c, k0 : k0 + w]
+            target = out[b, c, k0 : k0 + w]
+            if log:
+                for k in range(w):
+                    target[k] = (column[k] - shift[k]) - total[k]
+            else:
+                for k in range(w):
+                    target[k] = fast_exp(column[k] - shift[k]) * total[k]
+
+
+@njit(fastmath=FAST, cache=True)
+def _tile_grad(x, grad, b, k0, w, shift, scale, smooth, weight, cap):  # type: ignore[no-untyped-def]
+    """``grad = scale * exp(x - M) - smooth * w_c`` (times the softcap slope) over the tile."""
+    for c in range(x.shape[1]):
+        column = x[b, c, k0 : k0 + w]
+        out = grad[b, c, k0 : k0 + w]
+        w_c = weight[c]
+        if cap == 0:
+            for k in range(w):
+                out[k] = fast_exp(column[k] - shift[k]) * scale[k] - smooth[k] * w_c
+        else:
+            for k in range(w):
+                z = capped(column[k], cap)
+                ratio = z / typed(x, cap)
+                out[k] = (fast_exp(z - shift[k]) * scale[k] - smooth[k] * w_c) * (typed(x, 1.0) - ratio * ratio)
+
+
+@variants(FAST)
+def xent_index_tiles(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse, grad, gscale, with_grad, width):  # type: ignore[no-untyped-def]
+    n_classes = x.shape[1]
+    weight_sum = 0.0
+    for c in range(n_classes):
+        weight_sum += np.float64(weight[c])
+    smooth_coef = eps / n_classes if n_classes else 0.0
+    tiles, units = _units(x, width)
+    for unit in prange(units):
+        b, k0 = unit // tiles, (unit % tiles) * width
+        w = min(width, x.shape[2] - k0)
+        shift, total = _scratch(x, w)
+        scale, smooth = _scratch(x, w)
+        weighted = np.zeros(w)
+        tile_shift_and_sum(x, b, k0, w, cap, shift, total)
+        if eps > 0:
+            for c in range(n_classes):
+                w_c = np.float64(weight[c])
+                for k in range(w):
+                    weighted[k] += w_c * np.float64(capped(x[b, c, k0 + k], cap))
+        ignored = 0
+        for k in range(w):
+            y = target[b, k0 + k]
+            if y == ignore_index or y < 0 or y >= n_classes:
+                loss[b, k0 + k] = 0
+                lse[b, k0 + k] = 0
+                scale[k] = 0
+                smooth[k] = 0
+                ignored += 1
+                continue
+            x_y = capped(x[b, y, k0 + k], cap)
+            w_y = np.float64(weight[y])
+            log_total = math.log(total[k])
+            row_lse = np.float64(shift[k]) + log_total
+            value = (1.0 - eps) * w_y * (np.float64(shift[k] - x_y) + log_total)
+            if eps > 0:
+                value += smooth_coef * (weight_sum * row_lse - weighted[k])
+            loss[b, k0 + k] = value
+            lse[b, k0 + k] = row_lse
+            g = gscale[b, k0 + k] if with_grad else 0.0
+            a = g * ((1.0 - eps) * w_y + smooth_coef * weight_sum)
+            if z_coef != 0:
+                a += g * 2.0 * z_coef * row_lse
+            scale[k] = a / total[k]
+            smooth[k] = g * smooth_coef
+            # Kept for the target correction below, after x may have been overwritten.
+            weighted[k] = g * (1.0 - eps) * w_y * ((1.0 - (x_y / cap) ** 2) if cap != 0 else 1.0)
+        if not with_grad:
+            continue
+        _tile_grad(x, grad, b, k0, w, shift, scale, smooth, weight, cap)
+        for k in range(w):
+            y = target[b, k0 + k]
+            if y == ignore_index or y < 0 or y >= n_classes:
+                for c in range(n_classes):
+                    grad[b, c, k0 + k] = 0
+            else:
+                grad[b, y, k0 + k] -= weighted[k]
+
+
+@variants(FAST)
+def xent_probs_tiles(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscale, with_grad, width):  # type: ignore[no-untyped-def]
+    n_classes = x.shape[1]
+    uniform = eps / n_classes if n_classes else 0.0
+    keep = 1.0 - eps
+    tiles, units = _units(x, width)
+    for unit in prange(units):
+        b, k0 = unit // tiles, (unit % tiles) * width
+        w = min(width, x.shape[2] - k0)
+        shift, total = _scratch(x, w)
+        scale, _ = _scratch(x, w)
+        mass = np.zeros(w)
+        moment = np.zeros(w)
+        tile_shift_and_sum(x, b, k0, w, cap, shift, total)
+        for c in range(n_classes):
+            w_c = np.float64(weight[c])
+            for k in range(w):
+                wt = w_c * (np.float64(target[b, c, k0 + k]) * keep + uniform)
+                mass[k] += wt
+                moment[k] += wt * np.float64(capped(x[b, c, k0 + k], cap))
+        for k in range(w):
+            row_lse = np.float64(shift[k]) + math.log(total[k])
+            loss[b, k0 + k] = mass[k] * row_lse - moment[k]
+            lse[b, k0 + k] = row_lse
+            g = gscale[b, k0 + k] if with_grad else 0.0
+            a = g * mass[k]
+            if z_coef != 0:
+                a += g * 2.0 * z_coef * row_lse
+            scale[k] = a / total[k]
+        if not with_grad:
+            continue
+        t_keep = typed(x, keep)
+        t_uniform = typed(x, uniform)
+        for c in range(n_classes):
+            w_c = weight[c]
+            for k in range(w):
+                z = capped(x[b, c, k0 + k], cap)
+                value = fast_exp(z - shift[k]) * scale[k] - typed(x, gscale[b, k0 + k]) * w_c * (
+                    target[b, c, k0 + k] * t_keep + t_uniform
+                )
+                if cap != 0:
+                    ratio = z / typed(x, cap)
+                    value *= typed(x, 1.0) - ratio * ratio
+                grad[b, c, k0 + k] = value
