@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._launch import variants
-from ._simd import fast_exp, range_max, typed
+from ._simd import fast_exp, typed, vector_max
 
 #: Reassociation lets LLVM vectorise sums; no nnan/ninf (they would break -inf masks).
 FAST = {"reassoc", "contract"}
@@ -30,7 +30,7 @@ FAST = {"reassoc", "contract"}
 CHUNK = 2048
 
 
-@njit(fastmath=FAST, cache=True)
+@njit(fastmath=FAST, cache=True, inline="always")
 def capped(value, cap):  # type: ignore[no-untyped-def]
     """``cap * tanh(value / cap)``, or ``value`` when ``cap`` is 0."""
     if cap == 0:
@@ -39,31 +39,41 @@ def capped(value, cap):  # type: ignore[no-untyped-def]
     return scale * math.tanh(value / scale)
 
 
-@njit(fastmath=FAST, cache=True)
-def _chunk_sumexp(row, start, stop, shift):  # type: ignore[no-untyped-def]
-    total = typed(row, 0.0)
-    for i in range(start, stop):
-        total += fast_exp(row[i] - shift)
+# Loops index from 0 over a slice: with ``range(start, stop)`` Numba cannot
+# prove ``i >= 0`` and adds a negative-index wraparound select to every load
+# (measured: 1.32 instead of 0.88 ns per element for the exp sum).
+
+
+@njit(fastmath=FAST, cache=True, inline="always")
+def _sumexp(chunk, shift):  # type: ignore[no-untyped-def]
+    total = typed(chunk, 0.0)
+    for i in range(chunk.size):
+        total += fast_exp(chunk[i] - shift)
     return total
 
 
-@njit(fastmath=FAST, cache=True)
-def _chunk_sumexp_capped(row, start, stop, shift, cap):  # type: ignore[no-untyped-def]
-    total = typed(row, 0.0)
-    for i in range(start, stop):
-        total += fast_exp(capped(row[i], cap) - shift)
+@njit(fastmath=FAST, cache=True, inline="always")
+def _sumexp_capped(chunk, shift, cap):  # type: ignore[no-untyped-def]
+    total = typed(chunk, 0.0)
+    for i in range(chunk.size):
+        total += fast_exp(capped(chunk[i], cap) - shift)
     return total
 
 
-@njit(fastmath=FAST, cache=True)
+@njit(fastmath=FAST, cache=True, inline="always")
 def row_shift_and_sum(row, cap):  # type: ignore[no-untyped-def]
     """Return ``(M, S)`` of the (soft-capped) row; see the module docstring."""
     neg_inf = typed(row, -np.inf)
+    if row.size <= CHUNK and cap == 0:
+        # One chunk: skip the merging loop, which costs ~90 ns per row (C = 10: 118 -> 30 ns).
+        best = vector_max(row)
+        shift = best if best != neg_inf else typed(row, 0.0)
+        return shift, _sumexp(row, shift)
     best = neg_inf
     total = typed(row, 0.0)
     for start in range(0, row.size, CHUNK):
-        stop = min(start + CHUNK, row.size)
-        chunk_max = range_max(row, start, stop)
+        chunk = row[start : start + CHUNK]
+        chunk_max = vector_max(chunk)
         if cap != 0:
             # tanh is monotonic: the capped maximum is the cap of the maximum.
             chunk_max = capped(chunk_max, cap)
@@ -72,13 +82,31 @@ def row_shift_and_sum(row, cap):  # type: ignore[no-untyped-def]
             best = chunk_max
         shift = best if best != neg_inf else typed(row, 0.0)
         if cap == 0:
-            total += _chunk_sumexp(row, start, stop, shift)
+            total += _sumexp(chunk, shift)
         else:
-            total += _chunk_sumexp_capped(row, start, stop, shift, cap)
+            total += _sumexp_capped(chunk, shift, cap)
     return (best if best != neg_inf else typed(row, 0.0)), total
 
 
-@njit(fastmath=FAST, cache=True)
+@njit(fastmath=FAST, cache=True, inline="always")
+def row_store_exp(row, out):  # type: ignore[no-untyped-def]
+    """Write ``exp(row - M)`` into ``out`` (which may be ``row``); return ``(M, S)``.
+
+    Used when every ``exp`` is needed again (softmax, gradients): one max
+    sweep, then one sweep that stores and sums, so the later scaling sweep
+    needs no second ``exp`` (half the arithmetic of recomputing it).
+    """
+    best = vector_max(row)
+    shift = best if best != typed(row, -np.inf) else typed(row, 0.0)
+    total = typed(row, 0.0)
+    for i in range(row.size):
+        e = fast_exp(row[i] - shift)
+        out[i] = e
+        total += e
+    return shift, total
+
+
+@njit(fastmath=FAST, cache=True, inline="always")
 def row_logsumexp(row, shift, total):  # type: ignore[no-untyped-def]
     """``M + log(S)``, except that a ``+inf`` logit gives ``+inf`` (NaN if the row has a NaN)."""
     if shift == np.inf:
@@ -89,7 +117,7 @@ def row_logsumexp(row, shift, total):  # type: ignore[no-untyped-def]
     return shift + math.log(total)
 
 
-@njit(fastmath=FAST, cache=True)
+@njit(fastmath=FAST, cache=True, inline="always")
 def row_weighted_sum(row, weight, cap):  # type: ignore[no-untyped-def]
     """``sum(weight * capped(row))`` in float64 (only needed with label smoothing)."""
     acc = 0.0
@@ -98,7 +126,7 @@ def row_weighted_sum(row, weight, cap):  # type: ignore[no-untyped-def]
     return acc
 
 
-@njit(fastmath=FAST, cache=True)
+@njit(fastmath=FAST, cache=True, inline="always")
 def row_target_sums(row, target, weight, eps, cap):  # type: ignore[no-untyped-def]
     """``(sum w t', sum w t' x)`` in float64 for probability targets, ``t' = (1-eps) t + eps/C``."""
     n = row.size
@@ -113,49 +141,48 @@ def row_target_sums(row, target, weight, eps, cap):  # type: ignore[no-untyped-d
     return mass, moment
 
 
-@njit(fastmath=FAST, cache=True)
-def _write_probs(row, out, shift, scale, cap):  # type: ignore[no-untyped-def]
-    """``out = scale * exp(capped(row) - M)``; ``out`` may be ``row``."""
-    if cap == 0:
-        for i in range(row.size):
-            out[i] = fast_exp(row[i] - shift) * scale
+@njit(fastmath=FAST, cache=True, inline="always")
+def _scale_stored(out, scale, smooth, weight):  # type: ignore[no-untyped-def]
+    """``out = scale * out - smooth * w`` over exps stored by :func:`row_store_exp`."""
+    if smooth == 0:
+        for i in range(out.size):
+            out[i] = out[i] * scale
     else:
-        for i in range(row.size):
-            out[i] = fast_exp(capped(row[i], cap) - shift) * scale
+        for i in range(out.size):
+            out[i] = out[i] * scale - smooth * weight[i]
 
 
-@njit(fastmath=FAST, cache=True)
-def _write_grad(row, out, shift, inv_total, a, smooth, weight, cap):  # type: ignore[no-untyped-def]
-    """``out = a * p - smooth * w`` (times the softcap slope); ``out`` may be ``row``."""
+@njit(fastmath=FAST, cache=True, inline="always")
+def _write_grad_capped(row, out, shift, inv_total, a, smooth, weight, cap):  # type: ignore[no-untyped-def]
+    """``out = (a * p - smooth * w) * slope`` for soft-capped logits; ``out`` may be ``row``."""
     scale = inv_total * a
-    if cap == 0 and smooth == 0:
-        for i in range(row.size):
-            out[i] = fast_exp(row[i] - shift) * scale
-    elif cap == 0:
-        for i in range(row.size):
-            out[i] = fast_exp(row[i] - shift) * scale - smooth * weight[i]
-    else:
-        for i in range(row.size):
-            z = capped(row[i], cap)
-            ratio = z / typed(row, cap)
-            out[i] = (fast_exp(z - shift) * scale - smooth * weight[i]) * (typed(row, 1.0) - ratio * ratio)
+    for i in range(row.size):
+        z = capped(row[i], cap)
+        ratio = z / typed(row, cap)
+        out[i] = (fast_exp(z - shift) * scale - smooth * weight[i]) * (typed(row, 1.0) - ratio * ratio)
 
 
-@njit(fastmath=FAST, cache=True)
-def _write_grad_probs(row, target, out, shift, inv_total, a, gscale, eps, weight, cap):  # type: ignore[no-untyped-def]
-    """``out = a * p - gscale * w * t'`` (times the softcap slope); ``out`` may be ``row``."""
-    n = row.size
+@njit(fastmath=FAST, cache=True, inline="always")
+def _write_grad_probs(row, target, out, shift, inv_total, a, gscale, eps, weight, cap, stored):  # type: ignore[no-untyped-def]
+    """``out = a * p - gscale * w * t'`` (times the softcap slope); ``out`` may be ``row``.
+
+    With ``stored``, ``out`` already holds ``exp(row - M)`` (and ``row`` may
+    have been overwritten by it).
+    """
+    n = out.size
     scale = inv_total * a
-    uniform = typed(row, eps / n)
-    keep = typed(row, 1.0 - eps)
-    g = typed(row, gscale)
+    uniform = typed(out, eps / n)
+    keep = typed(out, 1.0 - eps)
+    g = typed(out, gscale)
+    if stored:
+        for i in range(n):
+            out[i] = out[i] * scale - g * weight[i] * (target[i] * keep + uniform)
+        return
     for i in range(n):
         z = capped(row[i], cap)
+        ratio = z / typed(row, cap)
         value = fast_exp(z - shift) * scale - g * weight[i] * (target[i] * keep + uniform)
-        if cap != 0:
-            ratio = z / typed(row, cap)
-            value *= typed(row, 1.0) - ratio * ratio
-        out[i] = value
+        out[i] = value * (typed(row, 1.0) - ratio * ratio)
 
 
 @variants(FAST)
@@ -169,13 +196,14 @@ def logsumexp_rows(x, out):  # type: ignore[no-untyped-def]
 def softmax_rows(x, out, log):  # type: ignore[no-untyped-def]
     for b in prange(x.shape[0]):
         row = x[b]
-        shift, total = row_shift_and_sum(row, 0.0)
         if log:
+            shift, total = row_shift_and_sum(row, 0.0)
             log_total = math.log(total)
             for i in range(row.size):
                 out[b, i] = (row[i] - shift) - log_total
         else:
-            _write_probs(row, out[b], shift, 1 / total, 0.0)
+            shift, total = row_store_exp(row, out[b])
+            _scale_stored(out[b], typed(row, 1 / total), typed(row, 0.0), row)
 
 
 @variants(FAST)
@@ -196,12 +224,17 @@ def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse
         row = x[b]
         x_y = capped(row[y], cap)
         w_y = np.float64(weight[y])
-        shift, total = row_shift_and_sum(row, cap)
+        weighted = row_weighted_sum(row, weight, cap) if eps > 0 else 0.0
+        store = with_grad and cap == 0
+        if store:
+            shift, total = row_store_exp(row, grad[b])
+        else:
+            shift, total = row_shift_and_sum(row, cap)
         log_total = math.log(total)
         row_lse = np.float64(shift) + log_total
         value = (1.0 - eps) * w_y * (np.float64(shift - x_y) + log_total)
         if eps > 0:
-            value += smooth * (weight_sum * row_lse - row_weighted_sum(row, weight, cap))
+            value += smooth * (weight_sum * row_lse - weighted)
         loss[b] = value
         lse[b] = row_lse
         if with_grad:
@@ -212,7 +245,12 @@ def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse
             slope_y = 1.0
             if cap != 0:
                 slope_y = 1.0 - (x_y / cap) ** 2
-            _write_grad(row, grad[b], shift, typed(row, 1 / total), typed(row, a), typed(row, g * smooth), weight, cap)
+            if store:
+                _scale_stored(grad[b], typed(row, a / total), typed(row, g * smooth), weight)
+            else:
+                _write_grad_capped(
+                    row, grad[b], shift, typed(row, 1 / total), typed(row, a), typed(row, g * smooth), weight, cap
+                )
             grad[b, y] -= g * (1.0 - eps) * w_y * slope_y
 
 
@@ -220,8 +258,12 @@ def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse
 def xent_probs_rows(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscale, with_grad):  # type: ignore[no-untyped-def]
     for b in prange(x.shape[0]):
         row = x[b]
-        shift, total = row_shift_and_sum(row, cap)
         mass, moment = row_target_sums(row, target[b], weight, eps, cap)
+        store = with_grad and cap == 0
+        if store:
+            shift, total = row_store_exp(row, grad[b])
+        else:
+            shift, total = row_shift_and_sum(row, cap)
         row_lse = np.float64(shift) + math.log(total)
         loss[b] = mass * row_lse - moment
         lse[b] = row_lse
@@ -230,4 +272,6 @@ def xent_probs_rows(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscale
             a = g * mass
             if z_coef != 0:
                 a += g * 2.0 * z_coef * row_lse
-            _write_grad_probs(row, target[b], grad[b], shift, typed(row, 1 / total), typed(row, a), g, eps, weight, cap)
+            _write_grad_probs(
+                row, target[b], grad[b], shift, typed(row, 1 / total), typed(row, a), g, eps, weight, cap, store
+            )

@@ -120,34 +120,34 @@ def from_order_key_f64(typingctx, key):  # type: ignore[no-untyped-def]
     return types.float64(types.int64), _order_key_codegen(64)
 
 
-def range_max(row, start, stop):  # type: ignore[no-untyped-def]
-    """Max of ``row[start:stop]`` (``-inf`` if empty); vectorises; see :func:`order_key_f32`."""
+def vector_max(values):  # type: ignore[no-untyped-def]
+    """Max of a 1-D array (``-inf`` if empty); vectorises; see :func:`order_key_f32`."""
     raise NotImplementedError("only callable from Numba-compiled code")
 
 
-@njit(inline="always", cache=True)
-def _range_max_f32(row, start, stop):  # type: ignore[no-untyped-def]
+@njit(cache=True)
+def _vector_max_f32(values):  # type: ignore[no-untyped-def]
     best = order_key_f32(np.float32(-np.inf))
-    for i in range(start, stop):
-        key = order_key_f32(row[i])
+    for i in range(values.size):
+        key = order_key_f32(values[i])
         best = key if key > best else best
     return from_order_key_f32(best)
 
 
-@njit(inline="always", cache=True)
-def _range_max_f64(row, start, stop):  # type: ignore[no-untyped-def]
+@njit(cache=True)
+def _vector_max_f64(values):  # type: ignore[no-untyped-def]
     best = order_key_f64(-np.inf)
-    for i in range(start, stop):
-        key = order_key_f64(row[i])
+    for i in range(values.size):
+        key = order_key_f64(values[i])
         best = key if key > best else best
     return from_order_key_f64(best)
 
 
-@overload(range_max, inline="always")
-def _range_max_overload(row, start, stop):  # type: ignore[no-untyped-def]
-    if row.dtype == types.float32:
-        return lambda row, start, stop: _range_max_f32(row, start, stop)
-    return lambda row, start, stop: _range_max_f64(row, start, stop)
+@overload(vector_max)
+def _vector_max_overload(values):  # type: ignore[no-untyped-def]
+    if values.dtype == types.float32:
+        return lambda values: _vector_max_f32(values)
+    return lambda values: _vector_max_f64(values)
 
 
 # float32: XNNPACK's rr2-p5 scheme (two-constant reduction, degree-5 polynomial).
@@ -221,7 +221,7 @@ def fast_exp(x):  # type: ignore[no-untyped-def]
     raise NotImplementedError("only callable from Numba-compiled code")
 
 
-@overload(fast_exp, inline="always")
+@overload(fast_exp)
 def _fast_exp_overload(x):  # type: ignore[no-untyped-def]
     if x == types.float32:
         return lambda x: exp_f32(x)
@@ -235,7 +235,7 @@ def typed(like, value):  # type: ignore[no-untyped-def]
     raise NotImplementedError("only callable from Numba-compiled code")
 
 
-@overload(typed, inline="always")
+@overload(typed)
 def _typed_overload(like, value):  # type: ignore[no-untyped-def]
     kind = like.dtype if isinstance(like, types.Array) else like
     if kind == types.float32:

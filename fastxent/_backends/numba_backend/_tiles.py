@@ -31,7 +31,7 @@ def tile_width(n_classes: int, n_positions: int, itemsize: int) -> int:
     return max(1, min(width, n_positions))
 
 
-@njit(fastmath=FAST, cache=True)
+@njit(fastmath=FAST, cache=True, inline="always")
 def tile_shift_and_sum(x, b, k0, width, cap, shift, total):  # type: ignore[no-untyped-def]
     """Fill ``shift[:width]`` and ``total[:width]`` (M and S of each position in the tile)."""
     neg_inf = typed(x, -np.inf)
@@ -56,13 +56,13 @@ def tile_shift_and_sum(x, b, k0, width, cap, shift, total):  # type: ignore[no-u
                 total[k] += fast_exp(capped(column[k], cap) - shift[k])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _units(x, width):  # type: ignore[no-untyped-def]
     tiles = (x.shape[2] + width - 1) // width
     return tiles, x.shape[0] * tiles
 
 
-@njit(fastmath=FAST, cache=True)
+@njit(fastmath=FAST, cache=True, inline="always")
 def _scratch(x, width):  # type: ignore[no-untyped-def]
     return np.empty(width, dtype=x.dtype), np.empty(width, dtype=x.dtype)
 
@@ -107,7 +107,7 @@ def softmax_tiles(x, out, log, width):  # type: ignore[no-untyped-def]
                     target[k] = fast_exp(column[k] - shift[k]) * total[k]
 
 
-@njit(fastmath=FAST, cache=True)
+@njit(fastmath=FAST, cache=True, inline="always")
 def _tile_grad(x, grad, b, k0, w, shift, scale, smooth, weight, cap):  # type: ignore[no-untyped-def]
     """``grad = scale * exp(x - M) - smooth * w_c`` (times the softcap slope) over the tile."""
     for c in range(x.shape[1]):
@@ -124,63 +124,76 @@ def _tile_grad(x, grad, b, k0, w, shift, scale, smooth, weight, cap):  # type: i
                 out[k] = (fast_exp(z - shift[k]) * scale[k] - smooth[k] * w_c) * (typed(x, 1.0) - ratio * ratio)
 
 
+@njit(fastmath=FAST, cache=True, inline="always")
+def xent_index_tile(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse, grad, gscale, with_grad, b, k0, w, weight_sum):  # type: ignore[no-untyped-def]
+    """Loss (and gradient) of positions ``k0 .. k0 + w`` of ``x[b]``; see :mod:`._rows` for the values."""
+    n_classes = x.shape[1]
+    smooth_coef = eps / n_classes if n_classes else 0.0
+    shift, total = _scratch(x, w)
+    scale, smooth = _scratch(x, w)
+    weighted = np.zeros(w)
+    tile_shift_and_sum(x, b, k0, w, cap, shift, total)
+    if eps > 0:
+        for c in range(n_classes):
+            w_c = np.float64(weight[c])
+            column = x[b, c, k0 : k0 + w]
+            for k in range(w):
+                weighted[k] += w_c * np.float64(capped(column[k], cap))
+    for k in range(w):
+        y = target[b, k0 + k]
+        if y == ignore_index or y < 0 or y >= n_classes:
+            loss[b, k0 + k] = 0
+            lse[b, k0 + k] = 0
+            scale[k] = 0
+            smooth[k] = 0
+            continue
+        x_y = capped(x[b, y, k0 + k], cap)
+        w_y = np.float64(weight[y])
+        log_total = math.log(total[k])
+        row_lse = np.float64(shift[k]) + log_total
+        value = (1.0 - eps) * w_y * (np.float64(shift[k] - x_y) + log_total)
+        if eps > 0:
+            value += smooth_coef * (weight_sum * row_lse - weighted[k])
+        loss[b, k0 + k] = value
+        lse[b, k0 + k] = row_lse
+        g = gscale[b, k0 + k] if with_grad else 0.0
+        a = g * ((1.0 - eps) * w_y + smooth_coef * weight_sum)
+        if z_coef != 0:
+            a += g * 2.0 * z_coef * row_lse
+        scale[k] = a / total[k]
+        smooth[k] = g * smooth_coef
+        # Kept for the target correction below, after x may have been overwritten.
+        weighted[k] = g * (1.0 - eps) * w_y * ((1.0 - (x_y / cap) ** 2) if cap != 0 else 1.0)
+    if not with_grad:
+        return
+    _tile_grad(x, grad, b, k0, w, shift, scale, smooth, weight, cap)
+    for k in range(w):
+        y = target[b, k0 + k]
+        if y == ignore_index or y < 0 or y >= n_classes:
+            for c in range(n_classes):
+                grad[b, c, k0 + k] = 0
+        else:
+            grad[b, y, k0 + k] -= weighted[k]
+
+
+@njit(cache=True, inline="always")
+def weight_total(weight):  # type: ignore[no-untyped-def]
+    total = 0.0
+    for c in range(weight.size):
+        total += np.float64(weight[c])
+    return total
+
+
 @variants(FAST)
 def xent_index_tiles(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse, grad, gscale, with_grad, width):  # type: ignore[no-untyped-def]
-    n_classes = x.shape[1]
-    weight_sum = 0.0
-    for c in range(n_classes):
-        weight_sum += np.float64(weight[c])
-    smooth_coef = eps / n_classes if n_classes else 0.0
+    weight_sum = weight_total(weight)
     tiles, units = _units(x, width)
     for unit in prange(units):
         b, k0 = unit // tiles, (unit % tiles) * width
         w = min(width, x.shape[2] - k0)
-        shift, total = _scratch(x, w)
-        scale, smooth = _scratch(x, w)
-        weighted = np.zeros(w)
-        tile_shift_and_sum(x, b, k0, w, cap, shift, total)
-        if eps > 0:
-            for c in range(n_classes):
-                w_c = np.float64(weight[c])
-                for k in range(w):
-                    weighted[k] += w_c * np.float64(capped(x[b, c, k0 + k], cap))
-        ignored = 0
-        for k in range(w):
-            y = target[b, k0 + k]
-            if y == ignore_index or y < 0 or y >= n_classes:
-                loss[b, k0 + k] = 0
-                lse[b, k0 + k] = 0
-                scale[k] = 0
-                smooth[k] = 0
-                ignored += 1
-                continue
-            x_y = capped(x[b, y, k0 + k], cap)
-            w_y = np.float64(weight[y])
-            log_total = math.log(total[k])
-            row_lse = np.float64(shift[k]) + log_total
-            value = (1.0 - eps) * w_y * (np.float64(shift[k] - x_y) + log_total)
-            if eps > 0:
-                value += smooth_coef * (weight_sum * row_lse - weighted[k])
-            loss[b, k0 + k] = value
-            lse[b, k0 + k] = row_lse
-            g = gscale[b, k0 + k] if with_grad else 0.0
-            a = g * ((1.0 - eps) * w_y + smooth_coef * weight_sum)
-            if z_coef != 0:
-                a += g * 2.0 * z_coef * row_lse
-            scale[k] = a / total[k]
-            smooth[k] = g * smooth_coef
-            # Kept for the target correction below, after x may have been overwritten.
-            weighted[k] = g * (1.0 - eps) * w_y * ((1.0 - (x_y / cap) ** 2) if cap != 0 else 1.0)
-        if not with_grad:
-            continue
-        _tile_grad(x, grad, b, k0, w, shift, scale, smooth, weight, cap)
-        for k in range(w):
-            y = target[b, k0 + k]
-            if y == ignore_index or y < 0 or y >= n_classes:
-                for c in range(n_classes):
-                    grad[b, c, k0 + k] = 0
-            else:
-                grad[b, y, k0 + k] -= weighted[k]
+        xent_index_tile(
+            x, target, weight, ignore_index, eps, cap, z_coef, loss, lse, grad, gscale, with_grad, b, k0, w, weight_sum
+        )
 
 
 @variants(FAST)
@@ -199,10 +212,12 @@ def xent_probs_tiles(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscal
         tile_shift_and_sum(x, b, k0, w, cap, shift, total)
         for c in range(n_classes):
             w_c = np.float64(weight[c])
+            column = x[b, c, k0 : k0 + w]
+            probs = target[b, c, k0 : k0 + w]
             for k in range(w):
-                wt = w_c * (np.float64(target[b, c, k0 + k]) * keep + uniform)
+                wt = w_c * (np.float64(probs[k]) * keep + uniform)
                 mass[k] += wt
-                moment[k] += wt * np.float64(capped(x[b, c, k0 + k], cap))
+                moment[k] += wt * np.float64(capped(column[k], cap))
         for k in range(w):
             row_lse = np.float64(shift[k]) + math.log(total[k])
             loss[b, k0 + k] = mass[k] * row_lse - moment[k]
@@ -216,14 +231,16 @@ def xent_probs_tiles(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscal
             continue
         t_keep = typed(x, keep)
         t_uniform = typed(x, uniform)
+        upstream = gscale[b, k0 : k0 + w]
         for c in range(n_classes):
             w_c = weight[c]
+            column = x[b, c, k0 : k0 + w]
+            probs = target[b, c, k0 : k0 + w]
+            out = grad[b, c, k0 : k0 + w]
             for k in range(w):
-                z = capped(x[b, c, k0 + k], cap)
-                value = fast_exp(z - shift[k]) * scale[k] - typed(x, gscale[b, k0 + k]) * w_c * (
-                    target[b, c, k0 + k] * t_keep + t_uniform
-                )
+                z = capped(column[k], cap)
+                value = fast_exp(z - shift[k]) * scale[k] - typed(x, upstream[k]) * w_c * (probs[k] * t_keep + t_uniform)
                 if cap != 0:
                     ratio = z / typed(x, cap)
                     value *= typed(x, 1.0) - ratio * ratio
-                grad[b, c, k0 + k] = value
+                out[k] = value
