@@ -11,8 +11,9 @@ from __future__ import annotations
 #: Backend name -> module defining ``BACKEND``, in ``auto`` preference order.
 BACKEND_MODULES: dict[str, str] = {
     "numba": "fastxent._backends.numba_backend",
+    "cython": "fastxent._backends.cython_backend",
     "numpy": "fastxent._backends.numpy_backend",
 }
 
 #: The order ``auto`` tries backends in: fastest first.
-AUTO_ORDER: tuple[str, ...] = ("numba", "numpy")
+AUTO_ORDER: tuple[str, ...] = ("numba", "cython", "numpy")

@@ -1,0 +1,659 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Cython + OpenMP kernels: the compiled fallback of the Numba backend.
+
+Layers, as in scikit-learn's ``_loss``: vectorised C primitives (fx_simd.h,
+with run-time AVX2 dispatch), per-row and per-tile ``noexcept nogil``
+functions here, and ``prange`` drivers with ``schedule="static"`` and an
+explicit thread count. Scratch is thread-private and allocated once per
+parallel region. Rows are independent, so results do not depend on the
+thread count. Inputs were validated in Python before the ``nogil`` block.
+
+Soft-capped rows are first written capped into scratch, then run through
+the same primitives; the gradient is multiplied by the cap's slope.
+"""
+
+from cython.parallel cimport parallel, prange
+from libc.math cimport INFINITY, exp, isnan, log, tanh
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+
+import os
+
+cdef extern from "fx_simd.h" nogil:
+    ctypedef struct fx_table_f32:
+        float (*shift_sum)(const float *, Py_ssize_t, float *) noexcept nogil
+        float (*store_exp)(const float *, float *, Py_ssize_t, float *) noexcept nogil
+        void (*scale)(float *, Py_ssize_t, float, float, const float *) noexcept nogil
+        void (*shifted)(const float *, float *, Py_ssize_t, float, float) noexcept nogil
+        void (*tile_stats)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, float *, float *) noexcept nogil
+        void (*tile_scale)(const float *, float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *,
+                           const float *, const float *, const float *) noexcept nogil
+    ctypedef struct fx_table_f64:
+        double (*shift_sum)(const double *, Py_ssize_t, double *) noexcept nogil
+        double (*store_exp)(const double *, double *, Py_ssize_t, double *) noexcept nogil
+        void (*scale)(double *, Py_ssize_t, double, double, const double *) noexcept nogil
+        void (*shifted)(const double *, double *, Py_ssize_t, double, double) noexcept nogil
+        void (*tile_stats)(const double *, Py_ssize_t, Py_ssize_t, Py_ssize_t, double *, double *) noexcept nogil
+        void (*tile_scale)(const double *, double *, Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *,
+                           const double *, const double *, const double *) noexcept nogil
+    fx_table_f32 fx_f32
+    fx_table_f64 fx_f64
+    const char *fx_init()
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define FX_OPENMP 1
+    #else
+    #define FX_OPENMP 0
+    #endif
+    """
+    int FX_OPENMP
+
+ctypedef fused real:
+    float
+    double
+
+ctypedef fused index_t:
+    int32_t
+    int64_t
+
+#: The instruction set the primitives run with ("avx2+fma", "baseline" or "native").
+ISA = fx_init().decode("ascii")
+#: Whether this extension was compiled with OpenMP (else every kernel is serial).
+OPENMP = bool(FX_OPENMP)
+#: Fewer elements than this run on one thread.
+SERIAL_BELOW = 1 << 16
+#: Bytes of logits per tile when the class axis is not last.
+TILE_BYTES = 32 * 1024
+
+# GNU OpenMP is not fork-safe: a child forked after a parallel region can hang
+# in its first one. A forked child therefore runs every kernel serially,
+# without entering OpenMP at all.
+cdef bint _forked_child = False
+
+
+def _after_fork_in_child():
+    global _forked_child
+    _forked_child = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+cdef int threads_for(Py_ssize_t n_elements, int n_threads) noexcept:
+    if not OPENMP or _forked_child or n_elements < SERIAL_BELOW or n_threads < 1:
+        return 1
+    return n_threads
+
+
+def tile_width(Py_ssize_t n_classes, Py_ssize_t n_positions, Py_ssize_t itemsize):
+    """Positions per tile: a multiple of 16 between 16 and 1024 fitting ``TILE_BYTES``."""
+    cdef Py_ssize_t width = TILE_BYTES // max(1, n_classes * itemsize)
+    width = max(16, min(1024, width - width % 16))
+    return max(1, min(width, n_positions))
+
+
+# ---------------------------------------------------------------- primitives
+
+cdef inline real shift_sum(const real *x, Py_ssize_t n, real *shift) noexcept nogil:
+    if real is float:
+        return fx_f32.shift_sum(x, n, shift)
+    else:
+        return fx_f64.shift_sum(x, n, shift)
+
+
+cdef inline real store_exp(const real *x, real *out, Py_ssize_t n, real *shift) noexcept nogil:
+    if real is float:
+        return fx_f32.store_exp(x, out, n, shift)
+    else:
+        return fx_f64.store_exp(x, out, n, shift)
+
+
+cdef inline void scale_row(real *out, Py_ssize_t n, real scale, real smooth, const real *weight) noexcept nogil:
+    if real is float:
+        fx_f32.scale(out, n, scale, smooth, weight)
+    else:
+        fx_f64.scale(out, n, scale, smooth, weight)
+
+
+cdef inline void shifted_row(const real *x, real *out, Py_ssize_t n, real shift, real log_total) noexcept nogil:
+    if real is float:
+        fx_f32.shifted(x, out, n, shift, log_total)
+    else:
+        fx_f64.shifted(x, out, n, shift, log_total)
+
+
+cdef inline void tile_stats(const real *x, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w,
+                            real *shift, real *total) noexcept nogil:
+    if real is float:
+        fx_f32.tile_stats(x, n_classes, stride, w, shift, total)
+    else:
+        fx_f64.tile_stats(x, n_classes, stride, w, shift, total)
+
+
+cdef inline void tile_scale(const real *x, real *out, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w,
+                            const real *shift, const real *scale, const real *smooth,
+                            const real *weight) noexcept nogil:
+    if real is float:
+        fx_f32.tile_scale(x, out, n_classes, stride, w, shift, scale, smooth, weight)
+    else:
+        fx_f64.tile_scale(x, out, n_classes, stride, w, shift, scale, smooth, weight)
+
+
+cdef inline real capped(real value, double cap) noexcept nogil:
+    return <real>(cap * tanh(value / cap))
+
+
+cdef inline void cap_into(const real *x, real *out, Py_ssize_t n, double cap) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        out[i] = capped(x[i], cap)
+
+
+cdef inline real special_lse(const real *x, Py_ssize_t n, Py_ssize_t stride, real shift, real total) noexcept nogil:
+    """``M + log(S)``, except that a ``+inf`` logit gives ``+inf`` (NaN if the row has a NaN)."""
+    cdef Py_ssize_t i
+    if shift == INFINITY:
+        for i in range(n):
+            if isnan(x[i * stride]):
+                return x[i * stride]
+        return shift
+    return shift + <real>log(total)
+
+
+# ---------------------------------------------------------------- rows (K == 1)
+
+cdef void xent_index_row(const real *x, real *g, Py_ssize_t n, Py_ssize_t y, const real *weight,
+                         double weight_sum, double eps, double cap, double z_coef, real *loss, real *lse,
+                         double gs, bint with_grad, real *scratch) noexcept nogil:
+    cdef const real *z = x
+    cdef real shift, total, x_y
+    cdef double w_y, weighted = 0, log_total, row_lse, value, a, slope_y = 1, ratio
+    cdef double smooth = eps / n
+    cdef Py_ssize_t i
+    if cap != 0:
+        cap_into(x, scratch, n, cap)
+        z = scratch
+    x_y = z[y]
+    w_y = weight[y]
+    if eps > 0:
+        for i in range(n):
+            weighted += <double>weight[i] * <double>z[i]
+    if with_grad:
+        total = store_exp(z, g, n, &shift)
+    else:
+        total = shift_sum(z, n, &shift)
+    log_total = log(total)
+    row_lse = <double>shift + log_total
+    value = (1.0 - eps) * w_y * (<double>(shift - x_y) + log_total)
+    if eps > 0:
+        value = value + smooth * (weight_sum * row_lse - weighted)
+    loss[0] = <real>value
+    lse[0] = <real>row_lse
+    if not with_grad:
+        return
+    a = gs * ((1.0 - eps) * w_y + smooth * weight_sum)
+    if z_coef != 0:
+        a = a + gs * 2.0 * z_coef * row_lse
+    scale_row(g, n, <real>(a / total), <real>(gs * smooth), weight if eps > 0 else NULL)
+    if cap != 0:
+        ratio = x_y / cap
+        slope_y = 1.0 - ratio * ratio
+        for i in range(n):
+            g[i] = g[i] * (1 - (z[i] / cap) * (z[i] / cap))
+    g[y] = g[y] - <real>(gs * (1.0 - eps) * w_y * slope_y)
+
+
+cdef void xent_probs_row(const real *x, const real *t, real *g, Py_ssize_t n, const real *weight, double eps,
+                         double cap, double z_coef, real *loss, real *lse, double gs, bint with_grad,
+                         real *scratch) noexcept nogil:
+    cdef const real *z = x
+    cdef real shift, total
+    cdef double mass = 0, moment = 0, wt, row_lse, a
+    cdef double keep = 1.0 - eps, uniform = eps / n
+    cdef Py_ssize_t i
+    if cap != 0:
+        cap_into(x, scratch, n, cap)
+        z = scratch
+    for i in range(n):
+        wt = <double>weight[i] * (<double>t[i] * keep + uniform)
+        mass += wt
+        moment += wt * <double>z[i]
+    if with_grad:
+        total = store_exp(z, g, n, &shift)
+    else:
+        total = shift_sum(z, n, &shift)
+    row_lse = <double>shift + log(total)
+    loss[0] = <real>(mass * row_lse - moment)
+    lse[0] = <real>row_lse
+    if not with_grad:
+        return
+    a = gs * mass
+    if z_coef != 0:
+        a = a + gs * 2.0 * z_coef * row_lse
+    scale_row(g, n, <real>(a / total), <real>0, NULL)
+    for i in range(n):
+        g[i] = g[i] - <real>(gs * weight[i]) * (t[i] * <real>keep + <real>uniform)
+        if cap != 0:
+            g[i] = g[i] * (1 - (z[i] / cap) * (z[i] / cap))
+
+
+# ---------------------------------------------------------------- tiles (K > 1)
+
+cdef struct TileScratch:
+    void *shift
+    void *total
+    void *scale
+    void *smooth
+    double *extra      # per-position float64 sums
+    double *extra2
+    void *capped       # (C, width) capped copy, only with a softcap
+
+
+cdef TileScratch new_scratch(Py_ssize_t width, Py_ssize_t n_classes, Py_ssize_t itemsize, bint with_cap) noexcept nogil:
+    cdef TileScratch s
+    s.shift = malloc(width * itemsize)
+    s.total = malloc(width * itemsize)
+    s.scale = malloc(width * itemsize)
+    s.smooth = malloc(width * itemsize)
+    s.extra = <double *>malloc(width * sizeof(double))
+    s.extra2 = <double *>malloc(width * sizeof(double))
+    s.capped = malloc(n_classes * width * itemsize) if with_cap else NULL
+    return s
+
+
+cdef void free_scratch(TileScratch s) noexcept nogil:
+    free(s.shift)
+    free(s.total)
+    free(s.scale)
+    free(s.smooth)
+    free(s.extra)
+    free(s.extra2)
+    free(s.capped)
+
+
+cdef const real *capped_tile(const real *xb, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w, double cap,
+                             real *out) noexcept nogil:
+    """Copy the tile, soft-capped, into ``out`` as ``(C, w)``; returns ``out``."""
+    cdef Py_ssize_t c, k
+    for c in range(n_classes):
+        for k in range(w):
+            out[c * w + k] = capped(xb[c * stride + k], cap)
+    return out
+
+
+cdef void xent_index_tile(const real *xb, real *gb, const index_t *yb, Py_ssize_t n_classes, Py_ssize_t stride,
+                          Py_ssize_t w, const real *weight, double weight_sum, long long ignore_index, double eps,
+                          double cap, double z_coef, real *loss, real *lse, const double *gs, bint with_grad,
+                          TileScratch s) noexcept nogil:
+    cdef real *shift = <real *>s.shift
+    cdef real *total = <real *>s.total
+    cdef real *scale = <real *>s.scale
+    cdef real *smooth = <real *>s.smooth
+    cdef double *weighted = s.extra
+    cdef double *correction = s.extra2
+    cdef const real *z = xb
+    cdef Py_ssize_t zstride = stride, c, k
+    cdef long long y
+    cdef double smooth_coef = eps / n_classes, w_y, log_total, row_lse, value, a, g, ratio
+    cdef real x_y
+    if cap != 0:
+        z = capped_tile(xb, n_classes, stride, w, cap, <real *>s.capped)
+        zstride = w
+    tile_stats(z, n_classes, zstride, w, shift, total)
+    for k in range(w):
+        weighted[k] = 0
+    if eps > 0:
+        for c in range(n_classes):
+            for k in range(w):
+                weighted[k] += <double>weight[c] * <double>z[c * zstride + k]
+    for k in range(w):
+        y = yb[k]
+        if y == ignore_index or y < 0 or y >= n_classes:
+            loss[k] = 0
+            lse[k] = 0
+            scale[k] = 0
+            smooth[k] = 0
+            correction[k] = 0
+            continue
+        x_y = z[y * zstride + k]
+        w_y = weight[y]
+        log_total = log(total[k])
+        row_lse = <double>shift[k] + log_total
+        value = (1.0 - eps) * w_y * (<double>(shift[k] - x_y) + log_total)
+        if eps > 0:
+            value = value + smooth_coef * (weight_sum * row_lse - weighted[k])
+        loss[k] = <real>value
+        lse[k] = <real>row_lse
+        g = gs[k] if with_grad else 0.0
+        a = g * ((1.0 - eps) * w_y + smooth_coef * weight_sum)
+        if z_coef != 0:
+            a = a + g * 2.0 * z_coef * row_lse
+        scale[k] = <real>(a / total[k])
+        smooth[k] = <real>(g * smooth_coef)
+        ratio = x_y / cap if cap != 0 else 0.0
+        correction[k] = g * (1.0 - eps) * w_y * (1.0 - ratio * ratio)
+    if not with_grad:
+        return
+    if cap == 0:
+        tile_scale(xb, gb, n_classes, stride, w, shift, scale, smooth, weight)
+    else:
+        for c in range(n_classes):
+            for k in range(w):
+                ratio = z[c * zstride + k] / cap
+                gb[c * stride + k] = <real>(
+                    (scale[k] * exp(z[c * zstride + k] - shift[k]) - smooth[k] * weight[c]) * (1.0 - ratio * ratio)
+                )
+    for k in range(w):
+        y = yb[k]
+        if y == ignore_index or y < 0 or y >= n_classes:
+            for c in range(n_classes):
+                gb[c * stride + k] = 0
+        else:
+            gb[y * stride + k] -= <real>correction[k]
+
+
+cdef void xent_probs_tile(const real *xb, const real *tb, real *gb, Py_ssize_t n_classes, Py_ssize_t stride,
+                          Py_ssize_t w, const real *weight, double eps, double cap, double z_coef, real *loss,
+                          real *lse, const double *gs, bint with_grad, TileScratch s) noexcept nogil:
+    cdef real *shift = <real *>s.shift
+    cdef real *total = <real *>s.total
+    cdef real *scale = <real *>s.scale
+    cdef real *smooth = <real *>s.smooth
+    cdef double *mass = s.extra
+    cdef double *moment = s.extra2
+    cdef const real *z = xb
+    cdef Py_ssize_t zstride = stride, c, k
+    cdef double keep = 1.0 - eps, uniform = eps / n_classes, wt, row_lse, a, g, ratio, value
+    if cap != 0:
+        z = capped_tile(xb, n_classes, stride, w, cap, <real *>s.capped)
+        zstride = w
+    tile_stats(z, n_classes, zstride, w, shift, total)
+    for k in range(w):
+        mass[k] = 0
+        moment[k] = 0
+        smooth[k] = 0
+    for c in range(n_classes):
+        for k in range(w):
+            wt = <double>weight[c] * (<double>tb[c * stride + k] * keep + uniform)
+            mass[k] += wt
+            moment[k] += wt * <double>z[c * zstride + k]
+    for k in range(w):
+        row_lse = <double>shift[k] + log(total[k])
+        loss[k] = <real>(mass[k] * row_lse - moment[k])
+        lse[k] = <real>row_lse
+        g = gs[k] if with_grad else 0.0
+        a = g * mass[k]
+        if z_coef != 0:
+            a = a + g * 2.0 * z_coef * row_lse
+        scale[k] = <real>(a / total[k])
+    if not with_grad:
+        return
+    if cap == 0:
+        tile_scale(xb, gb, n_classes, stride, w, shift, scale, smooth, weight)
+    for c in range(n_classes):
+        for k in range(w):
+            value = gs[k] * <double>weight[c] * (<double>tb[c * stride + k] * keep + uniform)
+            if cap == 0:
+                gb[c * stride + k] = gb[c * stride + k] - <real>value
+            else:
+                ratio = z[c * zstride + k] / cap
+                gb[c * stride + k] = <real>(
+                    (scale[k] * exp(z[c * zstride + k] - shift[k]) - value) * (1.0 - ratio * ratio)
+                )
+
+
+# ---------------------------------------------------------------- units of work
+# Each processes one row (K == 1) or one tile (K > 1) given raw pointers; the
+# drivers below run them in a plain loop on one thread (never entering OpenMP)
+# or in a prange.
+
+cdef inline void lse_unit(const real *x, real *out, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w,
+                          TileScratch s) noexcept nogil:
+    cdef real shift, total
+    cdef Py_ssize_t k
+    if stride == 1:
+        total = shift_sum(x, n_classes, &shift)
+        out[0] = special_lse(x, n_classes, 1, shift, total)
+        return
+    tile_stats(x, n_classes, stride, w, <real *>s.shift, <real *>s.total)
+    for k in range(w):
+        out[k] = special_lse(x + k, n_classes, stride, (<real *>s.shift)[k], (<real *>s.total)[k])
+
+
+cdef inline void softmax_unit(const real *x, real *out, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w,
+                              bint log_space, TileScratch s) noexcept nogil:
+    cdef real shift, total
+    cdef real *shifts = <real *>s.shift
+    cdef real *totals = <real *>s.total
+    cdef Py_ssize_t c, k
+    if stride == 1:
+        if log_space:
+            total = shift_sum(x, n_classes, &shift)
+            shifted_row(x, out, n_classes, shift, <real>log(total))
+        else:
+            total = store_exp(x, out, n_classes, &shift)
+            scale_row(out, n_classes, <real>1 / total, 0, NULL)
+        return
+    tile_stats(x, n_classes, stride, w, shifts, totals)
+    if log_space:
+        for k in range(w):
+            totals[k] = <real>log(totals[k])
+        for c in range(n_classes):
+            for k in range(w):
+                out[c * stride + k] = (x[c * stride + k] - shifts[k]) - totals[k]
+    else:
+        for k in range(w):
+            totals[k] = <real>1 / totals[k]
+            (<real *>s.smooth)[k] = 0
+        tile_scale(x, out, n_classes, stride, w, shifts, totals, <real *>s.smooth, NULL)
+
+
+# ---------------------------------------------------------------- drivers
+
+cdef inline Py_ssize_t units_of(Py_ssize_t n_rows, Py_ssize_t n_positions, Py_ssize_t width) noexcept nogil:
+    return n_rows * ((n_positions + width - 1) // width)
+
+
+def logsumexp(const real[:, :, ::1] x, real[:, ::1] out, int n_threads):
+    """``out (B, K) = log(sum(exp(x), axis=1))``."""
+    cdef Py_ssize_t n_rows = x.shape[0], n_classes = x.shape[1], n_positions = x.shape[2]
+    cdef Py_ssize_t width = tile_width(n_classes, n_positions, sizeof(real)) if n_positions > 1 else 1
+    cdef Py_ssize_t tiles = (n_positions + width - 1) // width, units = n_rows * tiles, unit, b, k0
+    cdef Py_ssize_t stride = n_positions
+    cdef int threads = threads_for(x.size, n_threads)
+    cdef const real *base
+    cdef real *out_base
+    cdef TileScratch s
+    if units == 0:
+        return
+    base = &x[0, 0, 0] if n_classes else <const real *>&out[0, 0]
+    out_base = &out[0, 0]
+    if threads == 1:
+        s = new_scratch(width, n_classes, sizeof(real), False)
+        for unit in range(units):
+            b = unit // tiles
+            k0 = (unit % tiles) * width
+            lse_unit(base + b * n_classes * stride + k0, out_base + b * stride + k0, n_classes, stride,
+                     min(width, stride - k0), s)
+        free_scratch(s)
+        return
+    with nogil, parallel(num_threads=threads):
+        s = new_scratch(width, n_classes, sizeof(real), False)
+        for unit in prange(units, schedule="static"):
+            b = unit // tiles
+            k0 = (unit % tiles) * width
+            lse_unit(base + b * n_classes * stride + k0, out_base + b * stride + k0, n_classes, stride,
+                     min(width, stride - k0), s)
+        free_scratch(s)
+
+
+def softmax(const real[:, :, ::1] x, real[:, :, ::1] out, bint log_space, int n_threads):
+    """Softmax (or log-softmax) over axis 1 of ``x (B, C, K)``; ``out`` may be ``x``."""
+    cdef Py_ssize_t n_rows = x.shape[0], n_classes = x.shape[1], n_positions = x.shape[2]
+    cdef Py_ssize_t width = tile_width(n_classes, n_positions, sizeof(real)) if n_positions > 1 else 1
+    cdef Py_ssize_t tiles = (n_positions + width - 1) // width, units = n_rows * tiles, unit, b, k0
+    cdef Py_ssize_t stride = n_positions, offset
+    cdef int threads = threads_for(x.size, n_threads)
+    cdef const real *base
+    cdef real *out_base
+    cdef TileScratch s
+    if x.size == 0:
+        return
+    base = &x[0, 0, 0]
+    out_base = &out[0, 0, 0]
+    if threads == 1:
+        s = new_scratch(width, n_classes, sizeof(real), False)
+        for unit in range(units):
+            b = unit // tiles
+            k0 = (unit % tiles) * width
+            offset = b * n_classes * stride + k0
+            softmax_unit(base + offset, out_base + offset, n_classes, stride, min(width, stride - k0), log_space, s)
+        free_scratch(s)
+        return
+    with nogil, parallel(num_threads=threads):
+        s = new_scratch(width, n_classes, sizeof(real), False)
+        for unit in prange(units, schedule="static"):
+            b = unit // tiles
+            k0 = (unit % tiles) * width
+            offset = b * n_classes * stride + k0
+            softmax_unit(base + offset, out_base + offset, n_classes, stride, min(width, stride - k0), log_space, s)
+        free_scratch(s)
+
+
+cdef inline void xent_index_unit(const real *x, real *g, const index_t *y, Py_ssize_t n_classes, Py_ssize_t stride,
+                                 Py_ssize_t w, const real *weight, double weight_sum, long long ignore_index,
+                                 double eps, double cap, double z_coef, real *loss, real *lse, const double *gs,
+                                 bint with_grad, TileScratch s) noexcept nogil:
+    cdef long long target
+    if stride > 1:
+        xent_index_tile(x, g, y, n_classes, stride, w, weight, weight_sum, ignore_index, eps, cap, z_coef,
+                        loss, lse, gs, with_grad, s)
+        return
+    target = y[0]
+    if target == ignore_index or target < 0 or target >= n_classes:
+        loss[0] = 0
+        lse[0] = 0
+        if with_grad:
+            memset(g, 0, n_classes * sizeof(real))
+        return
+    xent_index_row(x, g, n_classes, target, weight, weight_sum, eps, cap, z_coef, loss, lse,
+                   gs[0] if with_grad else 0.0, with_grad, <real *>s.capped)
+
+
+def cross_entropy_index(const real[:, :, ::1] x, const index_t[:, ::1] target, const real[::1] weight,
+                        long long ignore_index, double eps, double cap, double z_coef, real[:, ::1] loss,
+                        real[:, ::1] lse, real[:, :, ::1] grad, const double[:, ::1] gscale, bint with_grad,
+                        int n_threads):
+    """Cross-entropy with class indices; see the backend interface for the values."""
+    cdef Py_ssize_t n_rows = x.shape[0], n_classes = x.shape[1], n_positions = x.shape[2]
+    cdef Py_ssize_t width = tile_width(n_classes, n_positions, sizeof(real)) if n_positions > 1 else 1
+    cdef Py_ssize_t tiles = (n_positions + width - 1) // width, units = n_rows * tiles, unit, b, k0
+    cdef Py_ssize_t stride = n_positions, offset, position, scratch_width
+    cdef int threads = threads_for(x.size, n_threads)
+    cdef double weight_sum = 0
+    cdef Py_ssize_t c
+    cdef bint with_cap = cap != 0
+    cdef const real *base
+    cdef real *grad_base
+    cdef const double *gs_base
+    cdef TileScratch s
+    if units == 0:
+        return
+    for c in range(n_classes):
+        weight_sum += weight[c]
+    base = &x[0, 0, 0] if n_classes else NULL
+    grad_base = &grad[0, 0, 0] if (with_grad and n_classes) else NULL
+    gs_base = &gscale[0, 0]
+    # Rows need a capped copy of one row (width 1), tiles one of the tile.
+    scratch_width = width if n_positions > 1 else 1
+    if threads == 1:
+        s = new_scratch(scratch_width, n_classes, sizeof(real), with_cap)
+        for unit in range(units):
+            b = unit // tiles
+            k0 = (unit % tiles) * width
+            offset = b * n_classes * stride + k0
+            position = b * stride + k0
+            xent_index_unit(base + offset, grad_base + offset if with_grad else NULL, &target[0, 0] + position,
+                            n_classes, stride, min(width, stride - k0), &weight[0] if n_classes else NULL,
+                            weight_sum, ignore_index, eps, cap, z_coef, &loss[0, 0] + position,
+                            &lse[0, 0] + position, gs_base + position if with_grad else NULL, with_grad, s)
+        free_scratch(s)
+        return
+    with nogil, parallel(num_threads=threads):
+        s = new_scratch(scratch_width, n_classes, sizeof(real), with_cap)
+        for unit in prange(units, schedule="static"):
+            b = unit // tiles
+            k0 = (unit % tiles) * width
+            offset = b * n_classes * stride + k0
+            position = b * stride + k0
+            xent_index_unit(base + offset, grad_base + offset if with_grad else NULL, &target[0, 0] + position,
+                            n_classes, stride, min(width, stride - k0), &weight[0] if n_classes else NULL,
+                            weight_sum, ignore_index, eps, cap, z_coef, &loss[0, 0] + position,
+                            &lse[0, 0] + position, gs_base + position if with_grad else NULL, with_grad, s)
+        free_scratch(s)
+
+
+cdef inline void xent_probs_unit(const real *x, const real *t, real *g, Py_ssize_t n_classes, Py_ssize_t stride,
+                                 Py_ssize_t w, const real *weight, double eps, double cap, double z_coef, real *loss,
+                                 real *lse, const double *gs, bint with_grad, TileScratch s) noexcept nogil:
+    if stride > 1:
+        xent_probs_tile(x, t, g, n_classes, stride, w, weight, eps, cap, z_coef, loss, lse, gs, with_grad, s)
+    else:
+        xent_probs_row(x, t, g, n_classes, weight, eps, cap, z_coef, loss, lse, gs[0] if with_grad else 0.0,
+                       with_grad, <real *>s.capped)
+
+
+def cross_entropy_probs(const real[:, :, ::1] x, const real[:, :, ::1] target, const real[::1] weight, double eps,
+                        double cap, double z_coef, real[:, ::1] loss, real[:, ::1] lse, real[:, :, ::1] grad,
+                        const double[:, ::1] gscale, bint with_grad, int n_threads):
+    """Cross-entropy with class probabilities; see the backend interface for the values."""
+    cdef Py_ssize_t n_rows = x.shape[0], n_classes = x.shape[1], n_positions = x.shape[2]
+    cdef Py_ssize_t width = tile_width(n_classes, n_positions, sizeof(real)) if n_positions > 1 else 1
+    cdef Py_ssize_t tiles = (n_positions + width - 1) // width, units = n_rows * tiles, unit, b, k0
+    cdef Py_ssize_t stride = n_positions, offset, position, scratch_width
+    cdef int threads = threads_for(x.size, n_threads)
+    cdef bint with_cap = cap != 0
+    cdef TileScratch s
+    cdef real *grad_base
+    cdef const double *gs_base
+    if units == 0:
+        return
+    if n_classes == 0:
+        # No classes: every loss is an empty sum.
+        for b in range(n_rows):
+            for k0 in range(n_positions):
+                loss[b, k0] = 0
+                lse[b, k0] = -INFINITY
+        return
+    grad_base = &grad[0, 0, 0] if with_grad else NULL
+    gs_base = &gscale[0, 0]
+    scratch_width = width if n_positions > 1 else 1
+    if threads == 1:
+        s = new_scratch(scratch_width, n_classes, sizeof(real), with_cap)
+        for unit in range(units):
+            b = unit // tiles
+            k0 = (unit % tiles) * width
+            offset = b * n_classes * stride + k0
+            position = b * stride + k0
+            xent_probs_unit(&x[0, 0, 0] + offset, &target[0, 0, 0] + offset,
+                            grad_base + offset if with_grad else NULL, n_classes, stride, min(width, stride - k0),
+                            &weight[0], eps, cap, z_coef, &loss[0, 0] + position, &lse[0, 0] + position,
+                            gs_base + position if with_grad else NULL, with_grad, s)
+        free_scratch(s)
+        return
+    with nogil, parallel(num_threads=threads):
+        s = new_scratch(scratch_width, n_classes, sizeof(real), with_cap)
+        for unit in prange(units, schedule="static"):
+            b = unit // tiles
+            k0 = (unit % tiles) * width
+            offset = b * n_classes * stride + k0
+            position = b * stride + k0
+            xent_probs_unit(&x[0, 0, 0] + offset, &target[0, 0, 0] + offset,
+                            grad_base + offset if with_grad else NULL, n_classes, stride, min(width, stride - k0),
+                            &weight[0], eps, cap, z_coef, &loss[0, 0] + position, &lse[0, 0] + position,
+                            gs_base + position if with_grad else NULL, with_grad, s)
+        free_scratch(s)

@@ -1,0 +1,105 @@
+/* Vectorised row primitives with run-time CPU dispatch.
+ *
+ * Each primitive is compiled twice on x86-64 with gcc or clang: for the
+ * baseline ISA (what the wheel targets) and with target("avx2,fma"). fx_init
+ * picks the AVX2 table when __builtin_cpu_supports says the CPU has both, so
+ * a portable build still runs AVX2 code where it can. FASTXENT_NATIVE
+ * builds (opt-in, -march=native) and other platforms use one variant.
+ */
+#ifndef FX_SIMD_H
+#define FX_SIMD_H
+
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+
+/* Elements per chunk of the online normaliser: 8 KB of float32, inside L1. */
+#define FX_CHUNK 2048
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(FASTXENT_NATIVE)
+#define FX_DISPATCH 1
+#else
+#define FX_DISPATCH 0
+#endif
+
+#define FX_ATTR
+#define ISA generic
+#define REAL float
+#define SUF f32
+#define FX_IS_DOUBLE 0
+#include "fx_rows_template.h"
+#undef REAL
+#undef SUF
+#undef FX_IS_DOUBLE
+#define REAL double
+#define SUF f64
+#define FX_IS_DOUBLE 1
+#include "fx_rows_template.h"
+#undef REAL
+#undef SUF
+#undef FX_IS_DOUBLE
+#undef ISA
+#undef FX_ATTR
+
+#if FX_DISPATCH
+#define FX_ATTR __attribute__((target("avx2,fma")))
+#define ISA avx2
+#define REAL float
+#define SUF f32
+#define FX_IS_DOUBLE 0
+#include "fx_rows_template.h"
+#undef REAL
+#undef SUF
+#undef FX_IS_DOUBLE
+#define REAL double
+#define SUF f64
+#define FX_IS_DOUBLE 1
+#include "fx_rows_template.h"
+#undef REAL
+#undef SUF
+#undef FX_IS_DOUBLE
+#undef ISA
+#undef FX_ATTR
+#endif
+
+/* One table of primitives per float type. */
+#define FX_TABLE(REAL, SUF)                                                                              \
+    typedef struct {                                                                                     \
+        REAL (*shift_sum)(const REAL *, Py_ssize_t, REAL *);                                             \
+        REAL (*store_exp)(const REAL *, REAL *, Py_ssize_t, REAL *);                                     \
+        void (*scale)(REAL *, Py_ssize_t, REAL, REAL, const REAL *);                                     \
+        void (*shifted)(const REAL *, REAL *, Py_ssize_t, REAL, REAL);                                   \
+        void (*tile_stats)(const REAL *, Py_ssize_t, Py_ssize_t, Py_ssize_t, REAL *, REAL *);            \
+        void (*tile_scale)(const REAL *, REAL *, Py_ssize_t, Py_ssize_t, Py_ssize_t, const REAL *,       \
+                           const REAL *, const REAL *, const REAL *);                                    \
+    } fx_table_##SUF;
+
+FX_TABLE(float, f32)
+FX_TABLE(double, f64)
+
+#define FX_FILL(SUF, ISA)                                                                                \
+    {fx_shift_sum_##SUF##_##ISA, fx_store_exp_##SUF##_##ISA, fx_scale_##SUF##_##ISA,                    \
+     fx_shifted_##SUF##_##ISA, fx_tile_stats_##SUF##_##ISA, fx_tile_scale_##SUF##_##ISA}
+
+static fx_table_f32 fx_f32 = FX_FILL(f32, generic);
+static fx_table_f64 fx_f64 = FX_FILL(f64, generic);
+static const char *fx_isa = "baseline";
+
+/* Choose the AVX2 variants when this CPU has AVX2 and FMA; returns the ISA's name. */
+static const char *fx_init(void) {
+#if FX_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        fx_table_f32 f32 = FX_FILL(f32, avx2);
+        fx_table_f64 f64 = FX_FILL(f64, avx2);
+        fx_f32 = f32;
+        fx_f64 = f64;
+        fx_isa = "avx2+fma";
+    }
+#elif defined(FASTXENT_NATIVE)
+    fx_isa = "native";
+#endif
+    return fx_isa;
+}
+
+#endif /* FX_SIMD_H */
