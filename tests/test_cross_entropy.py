@@ -277,3 +277,14 @@ class TestReductionEdges:
     def test_scalar_results_are_numpy_scalars(self, backend):
         loss = fastxent.cross_entropy(np.zeros((2, 3), np.float32), np.array([0, 1]))
         assert isinstance(loss, np.float32)
+
+
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_softcap_slope_far_in_the_tail(backend, kind):
+    """|x| >> softcap: a float32 tanh rounds to 1 and 1 - tanh**2 cancels; the slope needs float64."""
+    logits = np.array([[46.0, -40.0, 3.0]], dtype=np.float32)
+    target = np.array([0]) if kind == "index" else np.array([[0.2, 0.3, 0.5]], dtype=np.float32)
+    kwargs = dict(reduction="none", z_loss=1.0, softcap=5.0)
+    _, grad = fastxent.cross_entropy_and_grad(logits, target, **kwargs)
+    expected = torch_cross_entropy(logits.astype(np.float64), target.astype(np.float64) if kind == "probs" else target, **kwargs)[1]
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-9)

@@ -34,14 +34,19 @@ def _log_softmax_parts(x: FloatArray) -> tuple[FloatArray, FloatArray]:
 
 
 def _apply_softcap(x: FloatArray, softcap: float) -> FloatArray:
+    """``softcap * tanh(x / softcap)``, computed in float64 and rounded once."""
     if softcap == 0.0:
         return x
-    return (softcap * np.tanh(x / softcap)).astype(x.dtype, copy=False)
+    return (softcap * np.tanh(x.astype(np.float64) / softcap)).astype(x.dtype)
 
 
-def _softcap_slope(capped: FloatArray, softcap: float) -> FloatArray:
-    """``d capped / d x`` where ``capped = softcap * tanh(x / softcap)``."""
-    return 1 - (capped / softcap) ** 2
+def _softcap_slope(x: FloatArray, softcap: float) -> FloatArray:
+    """``d capped / d x = 1 - tanh(x / softcap)**2`` in float64.
+
+    For ``|x| >> softcap`` the slope is tiny; forming it from a float32
+    ``tanh`` would cancel to 0 or to a multiple of 2**-24.
+    """
+    return 1 - np.tanh(x.astype(np.float64) / softcap) ** 2
 
 
 class NumpyBackend:
@@ -114,7 +119,7 @@ class NumpyBackend:
                 g = g - eps / n_classes * w_col
             g = g * grad_scale[:, None, :]
             if params.softcap != 0:
-                g = g * _softcap_slope(x, params.softcap)
+                g = g * _softcap_slope(logits, params.softcap)
             grad[...] = np.where(valid[:, None, :], g, 0)
 
     def cross_entropy_probs(
@@ -146,7 +151,7 @@ class NumpyBackend:
             g = np.exp(log_probs) * coef[:, None, :] - weighted_target
             g = g * grad_scale[:, None, :]
             if params.softcap != 0:
-                g = g * _softcap_slope(x, params.softcap)
+                g = g * _softcap_slope(logits, params.softcap)
             grad[...] = g
 
 

@@ -148,9 +148,17 @@ cdef inline real capped(real value, double cap) noexcept nogil:
 
 
 cdef inline void cap_into(const real *x, real *out, Py_ssize_t n, double cap) noexcept nogil:
+    """``out[:n]`` = capped ``x``; ``out[n:2n]`` = the cap's slope ``1 - tanh(x / cap)**2``.
+
+    The slope is formed in float64 from the raw logit: from a float32 capped
+    value it would cancel to 0 for ``|x| >> cap``.
+    """
     cdef Py_ssize_t i
+    cdef double t
     for i in range(n):
-        out[i] = capped(x[i], cap)
+        t = tanh(x[i] / cap)
+        out[i] = <real>(cap * t)
+        out[n + i] = <real>(1.0 - t * t)
 
 
 cdef inline real special_lse(const real *x, Py_ssize_t n, Py_ssize_t stride, real shift, real total) noexcept nogil:
@@ -171,7 +179,7 @@ cdef void xent_index_row(const real *x, real *g, Py_ssize_t n, Py_ssize_t y, con
                          double gs, bint with_grad, real *scratch) noexcept nogil:
     cdef const real *z = x
     cdef real shift, total, x_y
-    cdef double w_y, weighted = 0, log_total, row_lse, value, a, slope_y = 1, ratio
+    cdef double w_y, weighted = 0, log_total, row_lse, value, a, slope_y = 1
     cdef double smooth = eps / n
     cdef Py_ssize_t i
     if cap != 0:
@@ -200,10 +208,9 @@ cdef void xent_index_row(const real *x, real *g, Py_ssize_t n, Py_ssize_t y, con
         a = a + gs * 2.0 * z_coef * row_lse
     scale_row(g, n, <real>(a / total), <real>(gs * smooth), weight if eps > 0 else NULL)
     if cap != 0:
-        ratio = x_y / cap
-        slope_y = 1.0 - ratio * ratio
+        slope_y = scratch[n + y]
         for i in range(n):
-            g[i] = g[i] * (1 - (z[i] / cap) * (z[i] / cap))
+            g[i] = g[i] * scratch[n + i]
     g[y] = g[y] - <real>(gs * (1.0 - eps) * w_y * slope_y)
 
 
@@ -238,7 +245,7 @@ cdef void xent_probs_row(const real *x, const real *t, real *g, Py_ssize_t n, co
     for i in range(n):
         g[i] = g[i] - <real>(gs * weight[i]) * (t[i] * <real>keep + <real>uniform)
         if cap != 0:
-            g[i] = g[i] * (1 - (z[i] / cap) * (z[i] / cap))
+            g[i] = g[i] * scratch[n + i]
 
 
 # ---------------------------------------------------------------- tiles (K > 1)
@@ -250,7 +257,7 @@ cdef struct TileScratch:
     void *smooth
     double *extra      # per-position float64 sums
     double *extra2
-    void *capped       # (C, width) capped copy, only with a softcap
+    void *capped       # (2, C, width): capped copy and its slopes, only with a softcap
 
 
 cdef TileScratch new_scratch(Py_ssize_t width, Py_ssize_t n_classes, Py_ssize_t itemsize, bint with_cap) noexcept nogil:
@@ -261,7 +268,7 @@ cdef TileScratch new_scratch(Py_ssize_t width, Py_ssize_t n_classes, Py_ssize_t 
     s.smooth = malloc(width * itemsize)
     s.extra = <double *>malloc(width * sizeof(double))
     s.extra2 = <double *>malloc(width * sizeof(double))
-    s.capped = malloc(n_classes * width * itemsize) if with_cap else NULL
+    s.capped = malloc(2 * n_classes * width * itemsize) if with_cap else NULL
     return s
 
 
@@ -277,11 +284,14 @@ cdef void free_scratch(TileScratch s) noexcept nogil:
 
 cdef const real *capped_tile(const real *xb, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w, double cap,
                              real *out) noexcept nogil:
-    """Copy the tile, soft-capped, into ``out`` as ``(C, w)``; returns ``out``."""
+    """Copy the tile into ``out`` as ``(C, w)`` capped values then ``(C, w)`` slopes; returns ``out``."""
     cdef Py_ssize_t c, k
+    cdef double t
     for c in range(n_classes):
         for k in range(w):
-            out[c * w + k] = capped(xb[c * stride + k], cap)
+            t = tanh(xb[c * stride + k] / cap)
+            out[c * w + k] = <real>(cap * t)
+            out[n_classes * w + c * w + k] = <real>(1.0 - t * t)
     return out
 
 
@@ -298,7 +308,7 @@ cdef void xent_index_tile(const real *xb, real *gb, const index_t *yb, Py_ssize_
     cdef const real *z = xb
     cdef Py_ssize_t zstride = stride, c, k
     cdef long long y
-    cdef double smooth_coef = eps / n_classes, w_y, log_total, row_lse, value, a, g, ratio
+    cdef double smooth_coef = eps / n_classes, w_y, log_total, row_lse, value, a, g
     cdef real x_y
     if cap != 0:
         z = capped_tile(xb, n_classes, stride, w, cap, <real *>s.capped)
@@ -334,8 +344,7 @@ cdef void xent_index_tile(const real *xb, real *gb, const index_t *yb, Py_ssize_
             a = a + g * 2.0 * z_coef * row_lse
         scale[k] = <real>(a / total[k])
         smooth[k] = <real>(g * smooth_coef)
-        ratio = x_y / cap if cap != 0 else 0.0
-        correction[k] = g * (1.0 - eps) * w_y * (1.0 - ratio * ratio)
+        correction[k] = g * (1.0 - eps) * w_y * (z[n_classes * w + y * w + k] if cap != 0 else 1.0)
     if not with_grad:
         return
     if cap == 0:
@@ -343,9 +352,9 @@ cdef void xent_index_tile(const real *xb, real *gb, const index_t *yb, Py_ssize_
     else:
         for c in range(n_classes):
             for k in range(w):
-                ratio = z[c * zstride + k] / cap
                 gb[c * stride + k] = <real>(
-                    (scale[k] * exp(z[c * zstride + k] - shift[k]) - smooth[k] * weight[c]) * (1.0 - ratio * ratio)
+                    (scale[k] * exp(z[c * zstride + k] - shift[k]) - smooth[k] * weight[c])
+                    * z[n_classes * w + c * w + k]
                 )
     for k in range(w):
         y = yb[k]
@@ -367,7 +376,7 @@ cdef void xent_probs_tile(const real *xb, const real *tb, real *gb, Py_ssize_t n
     cdef double *moment = s.extra2
     cdef const real *z = xb
     cdef Py_ssize_t zstride = stride, c, k
-    cdef double keep = 1.0 - eps, uniform = eps / n_classes, wt, row_lse, a, g, ratio, value
+    cdef double keep = 1.0 - eps, uniform = eps / n_classes, wt, row_lse, a, g, value
     if cap != 0:
         z = capped_tile(xb, n_classes, stride, w, cap, <real *>s.capped)
         zstride = w
@@ -400,9 +409,8 @@ cdef void xent_probs_tile(const real *xb, const real *tb, real *gb, Py_ssize_t n
             if cap == 0:
                 gb[c * stride + k] = gb[c * stride + k] - <real>value
             else:
-                ratio = z[c * zstride + k] / cap
                 gb[c * stride + k] = <real>(
-                    (scale[k] * exp(z[c * zstride + k] - shift[k]) - value) * (1.0 - ratio * ratio)
+                    (scale[k] * exp(z[c * zstride + k] - shift[k]) - value) * z[n_classes * w + c * w + k]
                 )
 
 

@@ -32,11 +32,17 @@ CHUNK = 2048
 
 @njit(fastmath=FAST, cache=True, inline="always")
 def capped(value, cap):  # type: ignore[no-untyped-def]
-    """``cap * tanh(value / cap)``, or ``value`` when ``cap`` is 0."""
+    """``cap * tanh(value / cap)`` (in float64, rounded once), or ``value`` when ``cap`` is 0."""
     if cap == 0:
         return value
-    scale = typed(value, cap)
-    return scale * math.tanh(value / scale)
+    return typed(value, cap * math.tanh(np.float64(value) / cap))
+
+
+@njit(fastmath=FAST, cache=True, inline="always")
+def cap_slope(value, cap):  # type: ignore[no-untyped-def]
+    """``1 - tanh(value / cap)**2`` in float64: from a float32 tanh it would cancel for large ``|value|``."""
+    t = math.tanh(np.float64(value) / cap)
+    return 1.0 - t * t
 
 
 # Loops index from 0 over a slice: with ``range(start, stop)`` Numba cannot
@@ -157,9 +163,8 @@ def _write_grad_capped(row, out, shift, inv_total, a, smooth, weight, cap):  # t
     """``out = (a * p - smooth * w) * slope`` for soft-capped logits; ``out`` may be ``row``."""
     scale = inv_total * a
     for i in range(row.size):
-        z = capped(row[i], cap)
-        ratio = z / typed(row, cap)
-        out[i] = (fast_exp(z - shift) * scale - smooth * weight[i]) * (typed(row, 1.0) - ratio * ratio)
+        value = row[i]
+        out[i] = (fast_exp(capped(value, cap) - shift) * scale - smooth * weight[i]) * cap_slope(value, cap)
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
@@ -179,10 +184,9 @@ def _write_grad_probs(row, target, out, shift, inv_total, a, gscale, eps, weight
             out[i] = out[i] * scale - g * weight[i] * (target[i] * keep + uniform)
         return
     for i in range(n):
-        z = capped(row[i], cap)
-        ratio = z / typed(row, cap)
-        value = fast_exp(z - shift) * scale - g * weight[i] * (target[i] * keep + uniform)
-        out[i] = value * (typed(row, 1.0) - ratio * ratio)
+        raw = row[i]
+        value = fast_exp(capped(raw, cap) - shift) * scale - g * weight[i] * (target[i] * keep + uniform)
+        out[i] = value * cap_slope(raw, cap)
 
 
 @variants(FAST)
@@ -222,7 +226,8 @@ def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse
                 grad[b, :] = 0
             continue
         row = x[b]
-        x_y = capped(row[y], cap)
+        raw_y = row[y]
+        x_y = capped(raw_y, cap)
         w_y = np.float64(weight[y])
         weighted = row_weighted_sum(row, weight, cap) if eps > 0 else 0.0
         store = with_grad and cap == 0
@@ -242,9 +247,7 @@ def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse
             a = g * ((1.0 - eps) * w_y + smooth * weight_sum)
             if z_coef != 0:
                 a += g * 2.0 * z_coef * row_lse
-            slope_y = 1.0
-            if cap != 0:
-                slope_y = 1.0 - (x_y / cap) ** 2
+            slope_y = cap_slope(raw_y, cap) if cap != 0 else 1.0
             if store:
                 _scale_stored(grad[b], typed(row, a / total), typed(row, g * smooth), weight)
             else:

@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._launch import variants
-from ._rows import FAST, capped
+from ._rows import FAST, cap_slope, capped
 from ._simd import fast_exp, typed
 
 #: Bytes of logits per tile: a tile is swept twice, the second time from L1/L2.
@@ -119,9 +119,8 @@ def _tile_grad(x, grad, b, k0, w, shift, scale, smooth, weight, cap):  # type: i
                 out[k] = fast_exp(column[k] - shift[k]) * scale[k] - smooth[k] * w_c
         else:
             for k in range(w):
-                z = capped(column[k], cap)
-                ratio = z / typed(x, cap)
-                out[k] = (fast_exp(z - shift[k]) * scale[k] - smooth[k] * w_c) * (typed(x, 1.0) - ratio * ratio)
+                value = column[k]
+                out[k] = (fast_exp(capped(value, cap) - shift[k]) * scale[k] - smooth[k] * w_c) * cap_slope(value, cap)
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
@@ -147,7 +146,8 @@ def xent_index_tile(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse
             scale[k] = 0
             smooth[k] = 0
             continue
-        x_y = capped(x[b, y, k0 + k], cap)
+        raw_y = x[b, y, k0 + k]
+        x_y = capped(raw_y, cap)
         w_y = np.float64(weight[y])
         log_total = math.log(total[k])
         row_lse = np.float64(shift[k]) + log_total
@@ -163,7 +163,7 @@ def xent_index_tile(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse
         scale[k] = a / total[k]
         smooth[k] = g * smooth_coef
         # Kept for the target correction below, after x may have been overwritten.
-        weighted[k] = g * (1.0 - eps) * w_y * ((1.0 - (x_y / cap) ** 2) if cap != 0 else 1.0)
+        weighted[k] = g * (1.0 - eps) * w_y * (cap_slope(raw_y, cap) if cap != 0 else 1.0)
     if not with_grad:
         return
     _tile_grad(x, grad, b, k0, w, shift, scale, smooth, weight, cap)
@@ -238,9 +238,10 @@ def xent_probs_tiles(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscal
             probs = target[b, c, k0 : k0 + w]
             out = grad[b, c, k0 : k0 + w]
             for k in range(w):
-                z = capped(column[k], cap)
-                value = fast_exp(z - shift[k]) * scale[k] - typed(x, upstream[k]) * w_c * (probs[k] * t_keep + t_uniform)
+                raw = column[k]
+                value = fast_exp(capped(raw, cap) - shift[k]) * scale[k] - typed(x, upstream[k]) * w_c * (
+                    probs[k] * t_keep + t_uniform
+                )
                 if cap != 0:
-                    ratio = z / typed(x, cap)
-                    value *= typed(x, 1.0) - ratio * ratio
+                    value *= cap_slope(raw, cap)
                 out[k] = value
