@@ -59,8 +59,10 @@ def _extension() -> Extension:
     link_args: list[str] = []
     macros: list[tuple[str, str | None]] = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
     if sys.platform != "win32":
-        # -fopenmp-simd honours `#pragma omp simd` even in the serial build.
-        compile_args += ["-O3", "-fopenmp-simd", "-ffp-contract=fast", "-fno-math-errno"]
+        # -fopenmp-simd honours `#pragma omp simd` even in the serial build;
+        # -fno-trapping-math lets gcc turn float selects into blends (we never
+        # read FP exception flags). No -ffast-math: it would break -inf/NaN.
+        compile_args += ["-O3", "-fopenmp-simd", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math"]
         compile_args += [flag for flag in openmp if flag != "-lomp"]
         link_args += openmp
     else:

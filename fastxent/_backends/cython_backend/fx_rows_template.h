@@ -17,9 +17,12 @@ static inline FX_ATTR REAL FX(fx_exp)(REAL x) {
     const double floor_ = -709.0, log2e = 1.4426950408889634, magic = 6755399441056767.0;
     const double hi = -0.6931471803691238, lo = -1.9082149292705877e-10;
     x = x < floor_ ? floor_ : x;
-    double n = x * log2e + magic;
-    union { double f; int64_t i; } bits = {n};
-    bits.i <<= 52;
+    double n = x * log2e + magic, scale;
+    int64_t bits;
+    /* memcpy is the portable bit cast; a union initialiser becomes a memset that blocks vectorisation. */
+    memcpy(&bits, &n, sizeof bits);
+    bits <<= 52;
+    memcpy(&scale, &bits, sizeof scale);
     n -= magic;
     double t = n * hi + x;
     t = n * lo + t;
@@ -36,14 +39,16 @@ static inline FX_ATTR REAL FX(fx_exp)(REAL x) {
     p = p * t + 1.0 / 6.0;
     p = p * t + 0.5;
     p = p * t + 1.0;
-    return (t * p) * bits.f + bits.f;
+    return (t * p) * scale + scale;
 #else
     const float floor_ = -88.0f, log2e = 1.44269502f, magic = 12583039.0f;
     const float hi = -0.693145752f, lo = -1.42860677e-06f;
     x = x < floor_ ? floor_ : x;
-    float n = x * log2e + magic;
-    union { float f; int32_t i; } bits = {n};
-    bits.i <<= 23;
+    float n = x * log2e + magic, scale;
+    int32_t bits;
+    memcpy(&bits, &n, sizeof bits);
+    bits <<= 23;
+    memcpy(&scale, &bits, sizeof scale);
     n -= magic;
     float t = n * hi + x;
     t = n * lo + t;
@@ -51,8 +56,8 @@ static inline FX_ATTR REAL FX(fx_exp)(REAL x) {
     p = p * t + 0.166676521f;
     p = p * t + 0.499991506f;
     p = p * t + 0.999999701f;
-    t *= bits.f;
-    return t * p + bits.f;
+    t *= scale;
+    return t * p + scale;
 #endif
 }
 

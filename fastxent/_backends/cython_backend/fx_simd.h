@@ -12,6 +12,7 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Elements per chunk of the online normaliser: 8 KB of float32, inside L1. */
 #define FX_CHUNK 2048
