@@ -117,7 +117,7 @@ def _elementwise(kernel_name: str, x: npt.ArrayLike, axis: object, out: object) 
         out_rows = out_array.reshape(layout.bck)
     else:
         out_rows = np.empty(layout.bck, dtype=inp.compute_dtype)
-    backend = _dispatch.current_backend()
+    backend = _dispatch.current_backend(rows.size)
     getattr(backend, kernel_name)(rows, out_rows, _dispatch.get_num_threads())
     return _finish(layout.unrows(out_rows), out_array, inp.result_dtype, direct)
 
@@ -240,7 +240,7 @@ def logsumexp(
         out_rows = out_array.reshape(b, k)
     else:
         out_rows = np.empty((b, k), dtype=inp.compute_dtype)
-    _dispatch.current_backend().logsumexp(rows, out_rows, _dispatch.get_num_threads())
+    _dispatch.current_backend(rows.size).logsumexp(rows, out_rows, _dispatch.get_num_threads())
     result = _finish(out_rows.reshape(result_shape), out_array, inp.result_dtype, direct)
     return result[()] if out_array is None and result.ndim == 0 else result
 
@@ -399,7 +399,7 @@ def _run_kernel(
     b, _, k = call.bck
     loss = np.empty((b, k), dtype=call.inp.compute_dtype)
     lse = np.empty((b, k), dtype=call.inp.compute_dtype)
-    backend = _dispatch.current_backend()
+    backend = _dispatch.current_backend(call.logits.size)
     kernel = backend.cross_entropy_probs if call.probabilities else backend.cross_entropy_index
     kernel(call.logits, call.target, call.weight, params, loss, lse, grad, grad_scale, _dispatch.get_num_threads())
     return loss, lse

@@ -50,11 +50,13 @@ def config_lines() -> list[str]:
     ]
     for name in AUTO_ORDER:
         if name in available:
-            lines.append(f"  {name:<7} available")
+            details = getattr(_dispatch._loaded[name], "details", "")
+            lines.append(f"  {name:<7} available" + (f" ({details})" if details else ""))
         else:
             lines.append(f"  {name:<7} unavailable: {errors.get(name, 'unknown reason')}")
     try:
-        lines.append(f"selected {_dispatch.get_backend()}")
+        small, large = _dispatch.get_backend(size=1), _dispatch.get_backend()
+        lines.append(f"selected {large}" + (f" ({small} below 2**20 elements)" if small != large else ""))
     except (ValueError, RuntimeError) as exc:
         lines.append(f"selected none: {exc}")
     return lines

@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Iterator
 
-from ._backends import AUTO_ORDER, BACKEND_MODULES
+from ._backends import AUTO_ORDER, AUTO_SMALL_BELOW, AUTO_SMALL_ORDER, BACKEND_MODULES
 from ._backends._interface import Backend
 
 __all__ = [
@@ -99,10 +99,11 @@ def _check_name(name: object, source: str) -> str:
     return name.strip().lower()
 
 
-def _resolve(name: str, source: str) -> str:
+def _resolve(name: str, source: str, size: int | None = None) -> str:
     """Turn a valid name (or ``auto``) into the name of a loaded backend."""
     if name == "auto":
-        return available_backends()[0]
+        order = AUTO_SMALL_ORDER if size is not None and size < AUTO_SMALL_BELOW else AUTO_ORDER
+        return next(candidate for candidate in order if _load(candidate) is not None)
     if _load(name) is None:
         raise BackendUnavailableError(
             f"{source}={name!r}: the {name} backend is unavailable "
@@ -111,8 +112,15 @@ def _resolve(name: str, source: str) -> str:
     return name
 
 
-def get_backend() -> str:
-    """Name of the backend the next call in this thread will use.
+def get_backend(size: int | None = None) -> str:
+    """Name of the backend a call in this thread will use.
+
+    Parameters
+    ----------
+    size : int, optional
+        Number of elements of the call's input. ``auto`` prefers the Cython
+        backend below ``2**20`` elements (no JIT start-up) and Numba above;
+        without ``size``, the choice for large inputs is returned.
 
     Returns
     -------
@@ -128,16 +136,16 @@ def get_backend() -> str:
     """
     chosen = _context_choice.get()
     if chosen is not None:
-        return _resolve(chosen, "use_backend")
+        return _resolve(chosen, "use_backend", size)
     if _process_choice is not None:
-        return _resolve(_process_choice, "set_backend")
+        return _resolve(_process_choice, "set_backend", size)
     env_name = _check_name(_ENV_BACKEND, "FASTXENT_BACKEND")
-    return _resolve(env_name, "FASTXENT_BACKEND")
+    return _resolve(env_name, "FASTXENT_BACKEND", size)
 
 
-def current_backend() -> Backend:
-    """The backend object :func:`get_backend` names."""
-    return _loaded[get_backend()]
+def current_backend(size: int | None = None) -> Backend:
+    """The backend object :func:`get_backend` names for an input of ``size`` elements."""
+    return _loaded[get_backend(size)]
 
 
 def set_backend(name: str) -> None:

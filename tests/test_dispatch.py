@@ -146,3 +146,25 @@ def test_required_backend_missing_fails_the_session(tmp_path):
     )
     assert result.returncode != 0
     assert "FASTXENT_REQUIRE_BACKENDS asks for imaginary" in result.stdout + result.stderr
+
+
+def test_auto_prefers_cython_for_small_inputs_and_numba_for_large(monkeypatch):
+    from fastxent._backends import AUTO_SMALL_BELOW
+
+    monkeypatch.setattr(_dispatch, "_process_choice", "auto")
+    available = fastxent.available_backends()
+    small, large = fastxent.get_backend(size=10), fastxent.get_backend(size=AUTO_SMALL_BELOW)
+    assert small == next(name for name in ("cython", "numba", "numpy") if name in available)
+    assert large == fastxent.get_backend() == available[0]
+
+
+def test_cython_build_is_the_expected_variant():
+    """CI builds the extension with and without OpenMP and says which it expects."""
+    expected = os.environ.get("FASTXENT_EXPECT_OPENMP")
+    if "cython" not in fastxent.available_backends():
+        pytest.skip("the Cython backend is not built (FASTXENT_REQUIRE_BACKENDS guards CI)")
+    from fastxent._backends import cython_backend
+
+    if expected is not None:
+        assert cython_backend.OPENMP == (expected == "1")
+    assert f"OpenMP {'on' if cython_backend.OPENMP else 'off'}" in "\n".join(fastxent._config.config_lines())

@@ -15,5 +15,11 @@ BACKEND_MODULES: dict[str, str] = {
     "numpy": "fastxent._backends.numpy_backend",
 }
 
-#: The order ``auto`` tries backends in: fastest first.
+#: The order ``auto`` tries backends in for large inputs: fastest first.
 AUTO_ORDER: tuple[str, ...] = ("numba", "cython", "numpy")
+
+#: Inputs with fewer elements than this prefer the order below: Cython has no
+#: JIT start-up (import + first call 0.28 s against Numba's 1.3 s with a warm
+#: cache, measured on the 2-core CI machine) and the same throughput.
+AUTO_SMALL_BELOW = 1 << 20
+AUTO_SMALL_ORDER: tuple[str, ...] = ("cython", "numba", "numpy")

@@ -25,6 +25,7 @@ class CythonBackend:
     """Cython kernels; see :class:`fastxent._backends._interface.Backend`."""
 
     name = "cython"
+    details = f"OpenMP {'on' if OPENMP else 'off'}, SIMD {ISA}"
 
     def logsumexp(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
         _kernels.logsumexp(x, out, n_threads)

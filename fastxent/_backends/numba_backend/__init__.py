@@ -6,6 +6,7 @@ compiled for a dtype on its first call (or loaded from Numba's cache).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from .._interface import FloatArray, IntArray, LossParams
@@ -21,6 +22,12 @@ class NumbaBackend:
     """Numba kernels; see :class:`fastxent._backends._interface.Backend`."""
 
     name = "numba"
+
+    @property
+    def details(self) -> str:
+        """Threading layer and where compiled kernels are cached."""
+        cache = numba.config.CACHE_DIR or "__pycache__ beside the sources (else a user cache directory)"
+        return f"threading layer {numba.config.THREADING_LAYER}, cache {cache}"
 
     def logsumexp(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
         b, c, k = x.shape
