@@ -64,8 +64,9 @@ ctypedef fused index_t:
 ISA = fx_init().decode("ascii")
 #: Whether this extension was compiled with OpenMP (else every kernel is serial).
 OPENMP = bool(FX_OPENMP)
-#: Fewer elements than this run on one thread.
-SERIAL_BELOW = 1 << 16
+#: Fewer elements than this run on one thread. Measured on 2 cores (float32,
+#: C = 100): 2 threads are 1.09x as fast at 16K elements, 1.18x at 32K.
+SERIAL_BELOW = 1 << 15
 #: Bytes of logits per tile when the class axis is not last.
 TILE_BYTES = 32 * 1024
 

@@ -10,7 +10,7 @@ import numba
 import numpy as np
 
 from .._interface import FloatArray, IntArray, LossParams
-from . import _rows, _tiles
+from . import _launch, _rows, _tiles
 
 
 def _dummy(dtype: np.dtype, ndim: int) -> np.ndarray:
@@ -27,7 +27,7 @@ class NumbaBackend:
     def details(self) -> str:
         """Threading layer and where compiled kernels are cached."""
         cache = numba.config.CACHE_DIR or "__pycache__ beside the sources (else a user cache directory)"
-        return f"threading layer {numba.config.THREADING_LAYER}, cache {cache}"
+        return f"threading layer {_launch.threading_layer()}, cache {cache}"
 
     def logsumexp(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
         b, c, k = x.shape
