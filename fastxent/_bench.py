@@ -132,6 +132,28 @@ def _jax_call(operation: str, logits: np.ndarray, target: np.ndarray) -> Callabl
     return lambda: compiled_grad(x, t)[1].block_until_ready()
 
 
+def _tensorflow_call(operation: str, logits: np.ndarray, target: np.ndarray) -> Callable[[], object] | None:
+    """TensorFlow's fused sparse op (class axis last only)."""
+    if logits.ndim != 2:
+        return None
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return None
+    x = tf.constant(logits)
+    t = tf.constant(target)
+    if operation == "loss":
+        return lambda: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=t, logits=x).numpy()
+
+    def forward_backward() -> object:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=t, logits=x)
+        return tape.gradient(loss, x).numpy()
+
+    return forward_backward
+
+
 def measure_case(
     shape: tuple[int, ...],
     dtype: str,
@@ -157,6 +179,7 @@ def measure_case(
             for peer, call in (
                 ("torch", _torch_call(operation, logits, target, threads)),
                 ("jax", _jax_call(operation, logits, target)),
+                ("tensorflow", _tensorflow_call(operation, logits, target)),
             ):
                 if call is not None:
                     case.peers[peer] = nbytes / time_call(call, repeats) / 1e9

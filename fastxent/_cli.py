@@ -79,8 +79,8 @@ def _bench_command(args: argparse.Namespace) -> int:
         plan = [(shape, dtype) for shape in args.shapes for dtype in dtypes or ["float32"]]
     else:
         plan = [(s, d) for s, d in _bench.DEFAULT_CASES if not dtypes or d in dtypes]
-    if args.quick:
-        plan = [((max(1, s[0] // 8), *s[1:]), d) for s, d in plan]
+        if args.quick:
+            plan = [((max(1, s[0] // 8), *s[1:]), d) for s, d in plan]
     repeats = args.repeats or (3 if args.quick else 7)
     print(f"fastxent bench: backends {', '.join(backends)}; {threads} threads; median of {repeats}", flush=True)
     cases: list[_bench.Case] = []
@@ -107,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--backends", nargs="+", choices=list(_dispatch.BACKEND_MODULES))
     bench.add_argument("--repeats", type=int, help="samples per measurement (median is reported)")
     bench.add_argument("--threads", type=int, help="threads for fastxent and the peers")
-    bench.add_argument("--quick", action="store_true", help="8x fewer rows and fewer repeats")
-    bench.add_argument("--no-peers", action="store_true", help="skip torch / jax")
+    bench.add_argument("--quick", action="store_true", help="fewer repeats, and 8x fewer rows in the default shapes")
+    bench.add_argument("--no-peers", action="store_true", help="skip torch / jax / tensorflow")
     bench.add_argument("--json", metavar="FILE", help="write the raw numbers as JSON")
     bench.add_argument("--plot", metavar="FILE.png", help="write a bar chart (needs matplotlib)")
     commands.add_parser("info", help="versions, CPU features, threads and backends")

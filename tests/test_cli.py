@@ -1,0 +1,45 @@
+"""``python -m fastxent bench`` and ``info`` on generated data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fastxent
+from fastxent import _cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
+    output = tmp_path / "bench.json"
+    assert _cli.main(["bench", "--quick", "--shapes", "64x100", "2x5x8x8", "--repeats", "1", "--json", str(output)]) == 0
+    printed = capsys.readouterr().out
+    for name in fastxent.available_backends():
+        assert name in printed
+    assert "loss+grad" in printed and "64x100" in printed and "torch" in printed
+    data = json.loads(output.read_text())
+    assert {case["operation"] for case in data["cases"]} == {"loss", "loss+grad"}
+    for case in data["cases"]:
+        assert case["read_gbs"] > 0 and all(value > 0 for value in case["backends"].values())
+        assert case["peers"]["torch"] > 0
+
+
+def test_bench_rejects_a_bad_shape(capsys):
+    with pytest.raises(SystemExit):
+        _cli.main(["bench", "--shapes", "64by100"])
+    assert "a shape looks like 8192x1000" in capsys.readouterr().err
+
+
+def test_bench_command_line_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "fastxent", "bench", "--quick", "--shapes", "32x50", "--repeats", "1", "--no-peers",
+         "--backends", "numpy"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "32x50" in result.stdout and "[1/1]" in result.stderr
