@@ -21,12 +21,20 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _format_table(cases: list[_bench.Case], backends: list[str]) -> str:
+    """One row per shape and operation: GB/s, fraction of bandwidth, speed-up over each peer.
+
+    Speed-ups compare the best compiled fastxent backend (the NumPy reference
+    when no other was measured) with the NumPy reference and each peer.
+    """
     peers = sorted({peer for case in cases for peer in case.peers})
-    header = ["shape", "dtype", "op", "read", "copy", *backends, "best/bw", *peers, "vs best peer"]
+    compiled = [name for name in backends if name != "numpy"] or backends
+    references = (["numpy"] if "numpy" in backends and compiled != backends else []) + peers
+    header = ["shape", "dtype", "op", "read", "copy", *backends, "best/bw", *peers]
+    header += [f"x {name}" for name in references]
     rows = [header]
     for case in cases:
-        best = max(case.backends.values())
-        best_peer = max(case.peers.values(), default=float("nan"))
+        best = max(case.backends[name] for name in compiled)
+        speeds = {**case.peers, "numpy": case.backends.get("numpy", float("nan"))}
         rows.append(
             [
                 "x".join(map(str, case.shape)),
@@ -37,7 +45,7 @@ def _format_table(cases: list[_bench.Case], backends: list[str]) -> str:
                 *(f"{case.backends[name]:.2f}" for name in backends),
                 f"{best / case.reference_gbs:.2f}",
                 *(f"{case.peers[peer]:.2f}" if peer in case.peers else "-" for peer in peers),
-                f"{best / best_peer:.2f}x" if case.peers else "-",
+                *(f"{best / speeds[name]:.2f}" if name in speeds else "-" for name in references),
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -87,8 +95,9 @@ def _bench_command(args: argparse.Namespace) -> int:
     for i, (shape, dtype) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {'x'.join(map(str, shape))} {dtype} ...", file=sys.stderr, flush=True)
         cases += _bench.measure_case(shape, dtype, backends, repeats, threads, with_peers=not args.no_peers)
-    print("GB/s of logits; read = np.sum, copy = np.copyto on the same array; best/bw = best backend")
-    print("over read (loss) or copy (loss+grad) bandwidth; reduction='none', int64 targets.\n")
+    print("GB/s of logits; read = np.sum, copy = np.copyto on the same array; best/bw = best compiled")
+    print("backend over read (loss) or copy (loss+grad) bandwidth; 'x NAME' = its speed-up over NAME.")
+    print("reduction='none', int64 class-index targets.\n")
     print(_format_table(cases, backends))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
