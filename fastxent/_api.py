@@ -323,6 +323,8 @@ def _prepare_cross_entropy(
     index_shape = shape[:class_axis] + shape[class_axis + 1 :]
     reduction = _check_reduction(reduction)
     ignore = integer(ignore_index, "ignore_index")
+    if not -(2**63) <= ignore < 2**63:
+        raise ValueError(f"ignore_index must fit in a 64-bit integer (targets are int64); got {ignore}")
     eps, z, cap = _check_options(label_smoothing, z_loss, softcap)
     weights = _check_weight(weight, n_classes, inp.compute_dtype)
     logits = canonical(inp.array, inp.compute_dtype, (b, n_classes, k))

@@ -201,11 +201,35 @@ def use_backend(name: str) -> Iterator[str]:
         _context_choice.reset(token)
 
 
-def _usable_cpus() -> int:
+def _cgroup_cpu_limit() -> int | None:
+    """CPUs allowed by a cgroup v2 quota (``cpu.max``), rounded up; None when unlimited."""
     try:
-        return len(os.sched_getaffinity(0))
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as handle:
+            quota, period = handle.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, -(-int(quota) // int(period)))
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may use: affinity, cgroup quota, and a valid ``OMP_NUM_THREADS``.
+
+    An invalid ``OMP_NUM_THREADS`` (0, negative, not a number) is ignored, as
+    GNU OpenMP ignores it.
+    """
+    try:
+        count = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        count = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    if limit is not None:
+        count = min(count, limit)
+    omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if omp.isdigit() and int(omp) >= 1:
+        count = min(count, int(omp))
+    return count
 
 
 def _check_threads(n: object, source: str) -> int:
@@ -218,8 +242,10 @@ def get_num_threads() -> int:
     """Number of threads the kernels may use.
 
     :func:`set_num_threads` wins over ``FASTXENT_NUM_THREADS``, which wins over
-    the number of CPUs this process may run on. Each backend uses at most as
-    many threads as it can start (Numba: ``NUMBA_NUM_THREADS``).
+    the number of CPUs this process may run on (its affinity mask, its cgroup
+    CPU quota, and ``OMP_NUM_THREADS`` when that is a positive integer).
+    Values above the number of cores are accepted; each backend uses at most
+    as many threads as it can start (Numba: ``NUMBA_NUM_THREADS``).
     """
     if _process_threads is not None:
         return _process_threads

@@ -22,11 +22,11 @@ import os
 
 cdef extern from "fx_simd.h" nogil:
     ctypedef struct fx_table_f32:
-        float (*shift_sum)(const float *, Py_ssize_t, float *) noexcept nogil
-        float (*store_exp)(const float *, float *, Py_ssize_t, float *) noexcept nogil
+        double (*shift_sum)(const float *, Py_ssize_t, float *) noexcept nogil
+        double (*store_exp)(const float *, float *, Py_ssize_t, float *) noexcept nogil
         void (*scale)(float *, Py_ssize_t, float, float, const float *) noexcept nogil
         void (*shifted)(const float *, float *, Py_ssize_t, float, float) noexcept nogil
-        void (*tile_stats)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, float *, float *) noexcept nogil
+        void (*tile_stats)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, float *, double *) noexcept nogil
         void (*tile_scale)(const float *, float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *,
                            const float *, const float *, const float *) noexcept nogil
     ctypedef struct fx_table_f64:
@@ -99,14 +99,14 @@ def tile_width(Py_ssize_t n_classes, Py_ssize_t n_positions, Py_ssize_t itemsize
 
 # ---------------------------------------------------------------- primitives
 
-cdef inline real shift_sum(const real *x, Py_ssize_t n, real *shift) noexcept nogil:
+cdef inline double shift_sum(const real *x, Py_ssize_t n, real *shift) noexcept nogil:
     if real is float:
         return fx_f32.shift_sum(x, n, shift)
     else:
         return fx_f64.shift_sum(x, n, shift)
 
 
-cdef inline real store_exp(const real *x, real *out, Py_ssize_t n, real *shift) noexcept nogil:
+cdef inline double store_exp(const real *x, real *out, Py_ssize_t n, real *shift) noexcept nogil:
     if real is float:
         return fx_f32.store_exp(x, out, n, shift)
     else:
@@ -128,7 +128,7 @@ cdef inline void shifted_row(const real *x, real *out, Py_ssize_t n, real shift,
 
 
 cdef inline void tile_stats(const real *x, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w,
-                            real *shift, real *total) noexcept nogil:
+                            real *shift, double *total) noexcept nogil:
     if real is float:
         fx_f32.tile_stats(x, n_classes, stride, w, shift, total)
     else:
@@ -162,7 +162,7 @@ cdef inline void cap_into(const real *x, real *out, Py_ssize_t n, double cap) no
         out[n + i] = <real>(1.0 - t * t)
 
 
-cdef inline real special_lse(const real *x, Py_ssize_t n, Py_ssize_t stride, real shift, real total) noexcept nogil:
+cdef inline real special_lse(const real *x, Py_ssize_t n, Py_ssize_t stride, real shift, double total) noexcept nogil:
     """``M + log(S)``, except that a ``+inf`` logit gives ``+inf`` (NaN if the row has a NaN)."""
     cdef Py_ssize_t i
     if shift == INFINITY:
@@ -179,8 +179,8 @@ cdef void xent_index_row(const real *x, real *g, Py_ssize_t n, Py_ssize_t y, con
                          double weight_sum, double eps, double cap, double z_coef, real *loss, real *lse,
                          double gs, bint with_grad, real *scratch) noexcept nogil:
     cdef const real *z = x
-    cdef real shift, total, x_y
-    cdef double w_y, weighted = 0, log_total, row_lse, value, a, slope_y = 1
+    cdef real shift, x_y
+    cdef double total, w_y, weighted = 0, log_total, row_lse, value, a, slope_y = 1
     cdef double smooth = eps / n
     cdef Py_ssize_t i
     if cap != 0:
@@ -219,8 +219,8 @@ cdef void xent_probs_row(const real *x, const real *t, real *g, Py_ssize_t n, co
                          double cap, double z_coef, real *loss, real *lse, double gs, bint with_grad,
                          real *scratch) noexcept nogil:
     cdef const real *z = x
-    cdef real shift, total
-    cdef double mass = 0, moment = 0, wt, row_lse, a
+    cdef real shift
+    cdef double total, mass = 0, moment = 0, wt, row_lse, a
     cdef double keep = 1.0 - eps, uniform = eps / n
     cdef Py_ssize_t i
     if cap != 0:
@@ -253,7 +253,7 @@ cdef void xent_probs_row(const real *x, const real *t, real *g, Py_ssize_t n, co
 
 cdef struct TileScratch:
     void *shift
-    void *total
+    double *total      # per-position sums of exp, float64
     void *scale
     void *smooth
     double *extra      # per-position float64 sums
@@ -264,7 +264,7 @@ cdef struct TileScratch:
 cdef TileScratch new_scratch(Py_ssize_t width, Py_ssize_t n_classes, Py_ssize_t itemsize, bint with_cap) noexcept nogil:
     cdef TileScratch s
     s.shift = malloc(width * itemsize)
-    s.total = malloc(width * itemsize)
+    s.total = <double *>malloc(width * sizeof(double))
     s.scale = malloc(width * itemsize)
     s.smooth = malloc(width * itemsize)
     s.extra = <double *>malloc(width * sizeof(double))
@@ -301,7 +301,7 @@ cdef void xent_index_tile(const real *xb, real *gb, const index_t *yb, Py_ssize_
                           double cap, double z_coef, real *loss, real *lse, const double *gs, bint with_grad,
                           TileScratch s) noexcept nogil:
     cdef real *shift = <real *>s.shift
-    cdef real *total = <real *>s.total
+    cdef double *total = s.total
     cdef real *scale = <real *>s.scale
     cdef real *smooth = <real *>s.smooth
     cdef double *weighted = s.extra
@@ -370,7 +370,7 @@ cdef void xent_probs_tile(const real *xb, const real *tb, real *gb, Py_ssize_t n
                           Py_ssize_t w, const real *weight, double eps, double cap, double z_coef, real *loss,
                           real *lse, const double *gs, bint with_grad, TileScratch s) noexcept nogil:
     cdef real *shift = <real *>s.shift
-    cdef real *total = <real *>s.total
+    cdef double *total = s.total
     cdef real *scale = <real *>s.scale
     cdef real *smooth = <real *>s.smooth
     cdef double *mass = s.extra
@@ -422,22 +422,24 @@ cdef void xent_probs_tile(const real *xb, const real *tb, real *gb, Py_ssize_t n
 
 cdef inline void lse_unit(const real *x, real *out, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w,
                           TileScratch s) noexcept nogil:
-    cdef real shift, total
+    cdef real shift
+    cdef double total
     cdef Py_ssize_t k
     if stride == 1:
         total = shift_sum(x, n_classes, &shift)
         out[0] = special_lse(x, n_classes, 1, shift, total)
         return
-    tile_stats(x, n_classes, stride, w, <real *>s.shift, <real *>s.total)
+    tile_stats(x, n_classes, stride, w, <real *>s.shift, s.total)
     for k in range(w):
-        out[k] = special_lse(x + k, n_classes, stride, (<real *>s.shift)[k], (<real *>s.total)[k])
+        out[k] = special_lse(x + k, n_classes, stride, (<real *>s.shift)[k], s.total[k])
 
 
 cdef inline void softmax_unit(const real *x, real *out, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w,
                               bint log_space, TileScratch s) noexcept nogil:
-    cdef real shift, total
+    cdef real shift
+    cdef double total
     cdef real *shifts = <real *>s.shift
-    cdef real *totals = <real *>s.total
+    cdef real *scales = <real *>s.scale
     cdef Py_ssize_t c, k
     if stride == 1:
         if log_space:
@@ -445,20 +447,20 @@ cdef inline void softmax_unit(const real *x, real *out, Py_ssize_t n_classes, Py
             shifted_row(x, out, n_classes, shift, <real>log(total))
         else:
             total = store_exp(x, out, n_classes, &shift)
-            scale_row(out, n_classes, <real>1 / total, 0, NULL)
+            scale_row(out, n_classes, <real>(1 / total), 0, NULL)
         return
-    tile_stats(x, n_classes, stride, w, shifts, totals)
+    tile_stats(x, n_classes, stride, w, shifts, s.total)
     if log_space:
         for k in range(w):
-            totals[k] = <real>log(totals[k])
+            scales[k] = <real>log(s.total[k])
         for c in range(n_classes):
             for k in range(w):
-                out[c * stride + k] = (x[c * stride + k] - shifts[k]) - totals[k]
+                out[c * stride + k] = (x[c * stride + k] - shifts[k]) - scales[k]
     else:
         for k in range(w):
-            totals[k] = <real>1 / totals[k]
+            scales[k] = <real>(1 / s.total[k])
             (<real *>s.smooth)[k] = 0
-        tile_scale(x, out, n_classes, stride, w, shifts, totals, <real *>s.smooth, NULL)
+        tile_scale(x, out, n_classes, stride, w, shifts, scales, <real *>s.smooth, NULL)
 
 
 # ---------------------------------------------------------------- drivers

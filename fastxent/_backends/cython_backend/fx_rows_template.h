@@ -76,9 +76,12 @@ static FX_ATTR REAL FX(fx_sumexp)(const REAL *x, Py_ssize_t n, REAL shift) {
     return total;
 }
 
-/* Online normaliser over L1-sized chunks: returns S, writes M (0 for an all -inf row). */
-static FX_ATTR REAL FX(fx_shift_sum)(const REAL *x, Py_ssize_t n, REAL *shift_out) {
-    REAL best = -INFINITY, total = 0;
+/* Online normaliser over L1-sized chunks: returns S, writes M (0 for an all -inf row).
+ * Chunks are summed in REAL (vectorised), chunk sums in double: a float running
+ * total over 2**19 chunks drifts by ~1e-3. */
+static FX_ATTR double FX(fx_shift_sum)(const REAL *x, Py_ssize_t n, REAL *shift_out) {
+    REAL best = -INFINITY;
+    double total = 0;
     for (Py_ssize_t start = 0; start < n; start += FX_CHUNK) {
         Py_ssize_t len = n - start < FX_CHUNK ? n - start : FX_CHUNK;
         REAL chunk_max = FX(fx_max)(x + start, len);
@@ -92,15 +95,23 @@ static FX_ATTR REAL FX(fx_shift_sum)(const REAL *x, Py_ssize_t n, REAL *shift_ou
     return total;
 }
 
-/* out = exp(x - M) (out may be x); returns S, writes M. */
-static FX_ATTR REAL FX(fx_store_exp)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
+/* out = exp(x - M) (out may be x); returns S (chunk sums added in double), writes M. */
+static FX_ATTR double FX(fx_store_exp)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
     REAL best = FX(fx_max)(x, n);
-    REAL shift = best == -INFINITY ? (REAL)0 : best, total = 0;
-#pragma omp simd reduction(+ : total)
-    for (Py_ssize_t i = 0; i < n; i++) {
-        REAL e = FX(fx_exp)(x[i] - shift);
-        out[i] = e;
-        total += e;
+    REAL shift = best == -INFINITY ? (REAL)0 : best;
+    double total = 0;
+    for (Py_ssize_t start = 0; start < n; start += FX_CHUNK) {
+        Py_ssize_t len = n - start < FX_CHUNK ? n - start : FX_CHUNK;
+        const REAL *chunk = x + start;
+        REAL *stored = out + start;
+        REAL partial = 0;
+#pragma omp simd reduction(+ : partial)
+        for (Py_ssize_t i = 0; i < len; i++) {
+            REAL e = FX(fx_exp)(chunk[i] - shift);
+            stored[i] = e;
+            partial += e;
+        }
+        total += partial;
     }
     *shift_out = shift;
     return total;
@@ -123,10 +134,12 @@ static FX_ATTR void FX(fx_shifted)(const REAL *x, REAL *out, Py_ssize_t n, REAL 
     for (Py_ssize_t i = 0; i < n; i++) out[i] = (x[i] - shift) - log_total;
 }
 
-/* Tile of w positions: x points at x[b, 0, k0], classes `stride` apart.
- * Writes M (0 for all -inf) and S per position. */
+/* Tile of w <= FX_TILE_MAX positions: x points at x[b, 0, k0], classes `stride` apart.
+ * Writes M (0 for all -inf) and S per position; S sums blocks of FX_CLASS_BLOCK
+ * classes in REAL (vectorised) and adds the blocks in double. */
 static FX_ATTR void FX(fx_tile_stats)(const REAL *x, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w,
-                                      REAL *shift, REAL *total) {
+                                      REAL *shift, double *total) {
+    REAL partial[FX_TILE_MAX];
     for (Py_ssize_t k = 0; k < w; k++) shift[k] = -INFINITY;
     for (Py_ssize_t c = 0; c < n_classes; c++) {
         const REAL *column = x + c * stride;
@@ -137,10 +150,15 @@ static FX_ATTR void FX(fx_tile_stats)(const REAL *x, Py_ssize_t n_classes, Py_ss
         shift[k] = shift[k] == -INFINITY ? (REAL)0 : shift[k];
         total[k] = 0;
     }
-    for (Py_ssize_t c = 0; c < n_classes; c++) {
-        const REAL *column = x + c * stride;
+    for (Py_ssize_t c0 = 0; c0 < n_classes; c0 += FX_CLASS_BLOCK) {
+        Py_ssize_t c1 = c0 + FX_CLASS_BLOCK < n_classes ? c0 + FX_CLASS_BLOCK : n_classes;
+        for (Py_ssize_t k = 0; k < w; k++) partial[k] = 0;
+        for (Py_ssize_t c = c0; c < c1; c++) {
+            const REAL *column = x + c * stride;
 #pragma omp simd
-        for (Py_ssize_t k = 0; k < w; k++) total[k] += FX(fx_exp)(column[k] - shift[k]);
+            for (Py_ssize_t k = 0; k < w; k++) partial[k] += FX(fx_exp)(column[k] - shift[k]);
+        }
+        for (Py_ssize_t k = 0; k < w; k++) total[k] += partial[k];
     }
 }
 

@@ -16,6 +16,10 @@
 
 /* Elements per chunk of the online normaliser: 8 KB of float32, inside L1. */
 #define FX_CHUNK 2048
+/* Tiles hold at most this many positions (the Cython side's tile_width caps them). */
+#define FX_TILE_MAX 1024
+/* Classes summed in the logits' precision before adding into a double total. */
+#define FX_CLASS_BLOCK 256
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(FASTXENT_NATIVE)
 #define FX_DISPATCH 1
@@ -66,11 +70,11 @@
 /* One table of primitives per float type. */
 #define FX_TABLE(REAL, SUF)                                                                              \
     typedef struct {                                                                                     \
-        REAL (*shift_sum)(const REAL *, Py_ssize_t, REAL *);                                             \
-        REAL (*store_exp)(const REAL *, REAL *, Py_ssize_t, REAL *);                                     \
+        double (*shift_sum)(const REAL *, Py_ssize_t, REAL *);                                           \
+        double (*store_exp)(const REAL *, REAL *, Py_ssize_t, REAL *);                                   \
         void (*scale)(REAL *, Py_ssize_t, REAL, REAL, const REAL *);                                     \
         void (*shifted)(const REAL *, REAL *, Py_ssize_t, REAL, REAL);                                   \
-        void (*tile_stats)(const REAL *, Py_ssize_t, Py_ssize_t, Py_ssize_t, REAL *, REAL *);            \
+        void (*tile_stats)(const REAL *, Py_ssize_t, Py_ssize_t, Py_ssize_t, REAL *, double *);          \
         void (*tile_scale)(const REAL *, REAL *, Py_ssize_t, Py_ssize_t, Py_ssize_t, const REAL *,       \
                            const REAL *, const REAL *, const REAL *);                                    \
     } fx_table_##SUF;

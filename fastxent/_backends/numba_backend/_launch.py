@@ -23,12 +23,17 @@ The OpenMP layer launches in ~3 us here, workqueue in ~45 us.
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import traceback
 import types
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numba
+from numba.core.caching import NullCache
+from numba.core.registry import CPUDispatcher
 from numba.np.ufunc import parallel as _numba_parallel
 
 #: Fewer elements than this run serially. Measured on 2 cores (float32, C = 100,
@@ -65,6 +70,34 @@ def _renamed(function: Callable[..., Any], suffix: str) -> Callable[..., Any]:
     return copy
 
 
+class NumbaCacheWarning(RuntimeWarning):
+    """Numba's on-disk cache could not be read; fastxent compiled without it."""
+
+
+_KERNELS: list[Kernel] = []
+
+
+def _raised_by_numba_cache(exc: BaseException) -> bool:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return any(frame.filename.endswith(os.path.join("numba", "core", "caching.py")) for frame in frames)
+
+
+def _disable_caching(exc: BaseException) -> None:
+    """Stop every fastxent dispatcher from reading (or writing) Numba's cache, and say why."""
+    dispatchers = [d for kernel in _KERNELS for d in (kernel.serial, kernel.parallel)]
+    for name, module in list(sys.modules.items()):
+        if name.startswith("fastxent._backends.numba_backend"):
+            dispatchers += [value for value in vars(module).values() if isinstance(value, CPUDispatcher)]
+    for dispatcher in dispatchers:
+        dispatcher._cache = NullCache()
+    warnings.warn(
+        f"fastxent: Numba's cache ({numba.config.CACHE_DIR or '__pycache__'}) could not be read "
+        f"({type(exc).__name__}: {exc}); compiling without it. Delete the cache directory to rebuild it.",
+        NumbaCacheWarning,
+        stacklevel=3,
+    )
+
+
 class Kernel:
     """A driver compiled serial and parallel; call it with the thread budget first."""
 
@@ -72,8 +105,19 @@ class Kernel:
         options = dict(nogil=True, cache=True, fastmath=fastmath, error_model="numpy")
         self.serial = numba.njit(parallel=False, **options)(_renamed(function, "_serial"))
         self.parallel = numba.njit(parallel=True, **options)(_renamed(function, "_parallel"))
+        _KERNELS.append(self)
 
     def __call__(self, n_threads: int, n_elements: int, *args: Any) -> None:
+        try:
+            self._launch(n_threads, n_elements, *args)
+        except Exception as exc:
+            # A truncated or foreign cache file makes Numba raise while loading it.
+            if not _raised_by_numba_cache(exc):
+                raise
+            _disable_caching(exc)
+            self._launch(n_threads, n_elements, *args)
+
+    def _launch(self, n_threads: int, n_elements: int, *args: Any) -> None:
         usable = min(n_threads, numba.config.NUMBA_NUM_THREADS)
         wanted = usable > 1 and n_elements >= SERIAL_BELOW and not _forked_child
         if wanted and _parallel_launch.acquire(blocking=False):

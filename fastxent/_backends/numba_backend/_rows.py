@@ -68,15 +68,20 @@ def _sumexp_capped(chunk, shift, cap):  # type: ignore[no-untyped-def]
 
 @njit(fastmath=FAST, cache=True, inline="always")
 def row_shift_and_sum(row, cap):  # type: ignore[no-untyped-def]
-    """Return ``(M, S)`` of the (soft-capped) row; see the module docstring."""
+    """Return ``(M, S)`` of the (soft-capped) row, S in float64; see the module docstring.
+
+    Each chunk is summed in the row's precision (vectorised) and the chunk
+    sums are added in float64, so a float32 row of 2**30 classes stays
+    accurate (float32 chunk-to-chunk sums drifted by 1e-3 there).
+    """
     neg_inf = typed(row, -np.inf)
     if row.size <= CHUNK and cap == 0:
         # One chunk: skip the merging loop, which costs ~90 ns per row (C = 10: 118 -> 30 ns).
         best = vector_max(row)
         shift = best if best != neg_inf else typed(row, 0.0)
-        return shift, _sumexp(row, shift)
+        return shift, np.float64(_sumexp(row, shift))
     best = neg_inf
-    total = typed(row, 0.0)
+    total = 0.0
     for start in range(0, row.size, CHUNK):
         chunk = row[start : start + CHUNK]
         chunk_max = vector_max(chunk)
@@ -84,7 +89,7 @@ def row_shift_and_sum(row, cap):  # type: ignore[no-untyped-def]
             # tanh is monotonic: the capped maximum is the cap of the maximum.
             chunk_max = capped(chunk_max, cap)
         if chunk_max > best:
-            total = total * fast_exp(best - chunk_max)
+            total = total * np.float64(fast_exp(best - chunk_max))
             best = chunk_max
         shift = best if best != neg_inf else typed(row, 0.0)
         if cap == 0:
@@ -96,7 +101,7 @@ def row_shift_and_sum(row, cap):  # type: ignore[no-untyped-def]
 
 @njit(fastmath=FAST, cache=True, inline="always")
 def row_store_exp(row, out):  # type: ignore[no-untyped-def]
-    """Write ``exp(row - M)`` into ``out`` (which may be ``row``); return ``(M, S)``.
+    """Write ``exp(row - M)`` into ``out`` (which may be ``row``); return ``(M, S)``, S in float64.
 
     Used when every ``exp`` is needed again (softmax, gradients): one max
     sweep, then one sweep that stores and sums, so the later scaling sweep
@@ -104,11 +109,16 @@ def row_store_exp(row, out):  # type: ignore[no-untyped-def]
     """
     best = vector_max(row)
     shift = best if best != typed(row, -np.inf) else typed(row, 0.0)
-    total = typed(row, 0.0)
-    for i in range(row.size):
-        e = fast_exp(row[i] - shift)
-        out[i] = e
-        total += e
+    total = 0.0
+    for start in range(0, row.size, CHUNK):
+        chunk = row[start : start + CHUNK]
+        stored = out[start : start + CHUNK]
+        partial = typed(row, 0.0)
+        for i in range(chunk.size):
+            e = fast_exp(chunk[i] - shift)
+            stored[i] = e
+            partial += e
+        total += partial
     return shift, total
 
 
