@@ -155,7 +155,11 @@ def test_degenerate_shapes(backend, shape):
     index_shape = shape[:1] + shape[2:]
     target = rng.integers(0, max(shape[1], 1), index_shape) if shape[1] else np.full(index_shape, -100)
     assert_same_as_reference(fastxent.cross_entropy_and_grad, logits, target, reduction="none")
+    assert_same_as_reference(fastxent.cross_entropy_and_grad, logits, target, reduction="sum", label_smoothing=0.3)
     assert_same_as_reference(fastxent.cross_entropy_and_grad, logits, np.ones(shape, np.float32), reduction="sum")
+    assert_same_as_reference(
+        fastxent.cross_entropy_and_grad, logits, np.ones(shape, np.float32), reduction="none", label_smoothing=0.3
+    )
     for function in (fastxent.softmax, fastxent.log_softmax, fastxent.logsumexp):
         assert_same_as_reference(function, logits, axis=1)
 

@@ -83,7 +83,8 @@ class NumpyBackend:
         n_threads: int,
     ) -> None:
         n_classes = logits.shape[1]
-        eps = params.label_smoothing
+        # With no classes every target is ignored; smoothing has nothing to spread over.
+        eps = params.label_smoothing if n_classes else 0.0
         valid = (target != params.ignore_index) & (target >= 0) & (target < n_classes)
         safe_target = np.where(valid, target, 0)[:, None, :]
         with np.errstate(all="ignore"):
@@ -135,7 +136,7 @@ class NumpyBackend:
         n_threads: int,
     ) -> None:
         n_classes = logits.shape[1]
-        eps = params.label_smoothing
+        eps = params.label_smoothing if n_classes else 0.0
         with np.errstate(all="ignore"):
             x = _apply_softcap(logits, params.softcap)
             log_probs, row_lse = _log_softmax_parts(x)
