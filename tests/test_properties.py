@@ -87,3 +87,49 @@ def test_tiny_class_counts(backend, n_classes):
         np.testing.assert_array_equal(loss, 0.0)
         np.testing.assert_array_equal(grad, 0.0)
     np.testing.assert_allclose(fastxent.softmax(x).sum(axis=1), 1.0)
+
+
+def fuzz_logits(draw, dtype):  # type: ignore[no-untyped-def]
+    """N-d logits with the class axis 1: 0 to 6 rows, 1 to 12 classes, up to two more axes."""
+    rows = draw(st.integers(0, 6))
+    classes = draw(st.integers(1, 12))
+    extra = draw(st.lists(st.integers(1, 4), max_size=2))
+    shape = (rows, classes, *extra)
+    return draw(hnp.arrays(dtype, shape, elements=st.floats(-30, 30, width=32)))
+
+
+@PROPERTY_SETTINGS
+@given(
+    data=st.data(),
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    target_dtype=st.sampled_from([np.int32, np.int64, np.uint8]),
+    weighted=st.booleans(),
+    smoothing=st.floats(0, 1),
+    reduction=st.sampled_from(["none", "mean", "sum"]),
+    probabilities=st.booleans(),
+)
+def test_fuzz_against_torch(backend, data, dtype, target_dtype, weighted, smoothing, reduction, probabilities):
+    """Where semantics overlap (no z-loss, no softcap), every backend gives torch's loss and gradient."""
+    import torch  # noqa: F401  (the peer helper needs it)
+
+    from peers import torch_cross_entropy
+
+    logits = fuzz_logits(data.draw, dtype)
+    n_classes = logits.shape[1]
+    index_shape = logits.shape[:1] + logits.shape[2:]
+    if probabilities:
+        target = data.draw(hnp.arrays(np.float64, logits.shape, elements=st.floats(0, 2)))  # need not sum to 1
+        ignore_index = -100
+    else:
+        target = data.draw(hnp.arrays(target_dtype, index_shape, elements=st.integers(0, n_classes - 1)))
+        ignore_index = data.draw(st.sampled_from([-100, 0, n_classes - 1]))
+    weight = np.linspace(0.5, 2.0, n_classes) if weighted else None
+    kwargs = dict(weight=weight, reduction=reduction, label_smoothing=smoothing, ignore_index=ignore_index)
+    loss, grad = fastxent.cross_entropy_and_grad(logits, target, **kwargs)
+    as64 = logits.astype(np.float64)
+    torch_target = target.astype(np.int64) if not probabilities else target
+    expected_loss, expected_grad = torch_cross_entropy(as64, torch_target, **kwargs)
+    tolerance = {np.float16: 2e-2, np.float32: 2e-5, np.float64: 1e-9}[dtype]
+    np.testing.assert_allclose(np.asarray(loss, np.float64), expected_loss, rtol=tolerance, atol=tolerance, equal_nan=True)
+    np.testing.assert_allclose(grad.astype(np.float64), expected_grad, rtol=tolerance, atol=tolerance, equal_nan=True)
+    assert grad.dtype == dtype and grad.shape == logits.shape
