@@ -108,12 +108,8 @@ def _elementwise(kernel_name: str, x: npt.ArrayLike, axis: object, out: object) 
     layout = _RowLayout.of(inp.array.shape, axis)
     rows = layout.rows(inp.array, inp.compute_dtype)
     out_array = None if out is None else check_out(out, "out", inp.array.shape, inp.result_dtype)
-    direct = (
-        out_array is not None
-        and not layout.moved
-        and direct_output(out_array, inp.compute_dtype, (inp.array,))
-    )
-    if direct:
+    direct = out_array is not None and not layout.moved and direct_output(out_array, inp.compute_dtype, (inp.array,))
+    if direct and out_array is not None:
         out_rows = out_array.reshape(layout.bck)
     else:
         out_rows = np.empty(layout.bck, dtype=inp.compute_dtype)
@@ -236,7 +232,7 @@ def logsumexp(
     b, _, k = layout.bck
     out_array = None if out is None else check_out(out, "out", result_shape, inp.result_dtype)
     direct = out_array is not None and direct_output(out_array, inp.compute_dtype, (inp.array,))
-    if direct:
+    if direct and out_array is not None:
         out_rows = out_array.reshape(b, k)
     else:
         out_rows = np.empty((b, k), dtype=inp.compute_dtype)
@@ -278,9 +274,7 @@ def _check_reduction(reduction: object) -> str:
     return str(reduction)
 
 
-def _check_options(
-    label_smoothing: object, z_loss: object, softcap: object
-) -> tuple[float, float, float]:
+def _check_options(label_smoothing: object, z_loss: object, softcap: object) -> tuple[float, float, float]:
     eps = real_number(label_smoothing, "label_smoothing")
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1]; got {label_smoothing!r}")
@@ -295,7 +289,7 @@ def _check_options(
     return eps, z, cap
 
 
-def _check_weight(weight: object, n_classes: int, dtype: np.dtype) -> np.ndarray:
+def _check_weight(weight: npt.ArrayLike | None, n_classes: int, dtype: np.dtype) -> np.ndarray:
     if weight is None:
         return np.ones(n_classes, dtype=dtype)
     checked = float_input(weight, "weight").array
@@ -307,7 +301,7 @@ def _check_weight(weight: object, n_classes: int, dtype: np.dtype) -> np.ndarray
 def _prepare_cross_entropy(
     input: npt.ArrayLike,
     target: npt.ArrayLike,
-    weight: object,
+    weight: npt.ArrayLike | None,
     ignore_index: object,
     reduction: object,
     label_smoothing: object,
@@ -503,8 +497,9 @@ def cross_entropy(
 def _grad_scale(call: _CrossEntropyCall, grad_output: object) -> tuple[np.ndarray, float]:
     """Per-row upstream gradient ``(B, K)`` and the z-loss coefficient the kernel differentiates."""
     b, _, k = call.bck
+    upstream: np.ndarray
     if grad_output is None:
-        upstream = np.float64(1.0)
+        upstream = np.asarray(1.0)
     else:
         upstream = np.asarray(grad_output)
         if upstream.dtype.kind not in "fiu" or upstream.dtype.kind == "b":
@@ -627,9 +622,7 @@ def cross_entropy_and_grad(
 # --------------------------------------------------------------------------
 
 
-def softmax_cross_entropy_with_logits(
-    labels: npt.ArrayLike, logits: npt.ArrayLike, axis: int = -1
-) -> np.ndarray:
+def softmax_cross_entropy_with_logits(labels: npt.ArrayLike, logits: npt.ArrayLike, axis: int = -1) -> np.ndarray:
     """Per-example cross-entropy with dense labels, as ``tf.nn.softmax_cross_entropy_with_logits``.
 
     Parameters
@@ -660,9 +653,7 @@ def softmax_cross_entropy_with_logits(
     class_axis = normalize_axis(axis, inp.array.ndim)
     label_input = float_input(labels, "labels")
     if label_input.array.shape != inp.array.shape:
-        raise ValueError(
-            f"labels must have the shape of logits {inp.array.shape}; got {label_input.array.shape}"
-        )
+        raise ValueError(f"labels must have the shape of logits {inp.array.shape}; got {label_input.array.shape}")
     bck = split_shape(inp.array.shape, class_axis)
     call = _CrossEntropyCall(
         inp=inp,
@@ -717,7 +708,9 @@ def sparse_softmax_cross_entropy_with_logits(labels: npt.ArrayLike, logits: npt.
     if label_array.dtype.kind not in "iu":
         raise TypeError(f"labels must hold integer class indices; got dtype {label_array.dtype}")
     if label_array.shape != shape[:-1]:
-        raise ValueError(f"labels must have shape {shape[:-1]} (logits' shape without the last axis); got {label_array.shape}")
+        raise ValueError(
+            f"labels must have shape {shape[:-1]} (logits' shape without the last axis); got {label_array.shape}"
+        )
     indices = index_target(label_array, "labels")
     check_index_range(indices, shape[-1], "labels", None)
     bck = split_shape(shape, inp.array.ndim - 1)

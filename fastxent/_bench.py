@@ -13,6 +13,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -121,14 +122,14 @@ def _jax_call(operation: str, logits: np.ndarray, target: np.ndarray) -> Callabl
     x = jnp.asarray(logits)
     t = jnp.asarray(target)
 
-    def losses(z: object, labels: object) -> object:
+    def losses(z: Any, labels: Any) -> Any:
         log_probs = jax.nn.log_softmax(z, axis=1)
         return -jnp.take_along_axis(log_probs, jnp.expand_dims(labels, 1), axis=1).squeeze(1)
 
     if operation == "loss":
         compiled = jax.jit(losses)
         return lambda: compiled(x, t).block_until_ready()
-    compiled_grad = jax.jit(jax.value_and_grad(lambda z, labels: jnp.sum(losses(z, labels))))
+    compiled_grad = jax.jit(jax.value_and_grad(lambda z, labels: jnp.sum(losses(z, labels))))  # type: ignore[no-untyped-call]
     return lambda: compiled_grad(x, t)[1].block_until_ready()
 
 
@@ -154,6 +155,14 @@ def _tensorflow_call(operation: str, logits: np.ndarray, target: np.ndarray) -> 
     return forward_backward
 
 
+def memory_bandwidth(array: np.ndarray, repeats: int) -> tuple[float, float]:
+    """GB/s of ``np.sum`` (one read) and ``np.copyto`` (read + write) over ``array``."""
+    scratch = np.empty_like(array)
+    read = array.nbytes / time_call(lambda: np.sum(array), repeats) / 1e9
+    copy = array.nbytes / time_call(lambda: np.copyto(scratch, array), repeats) / 1e9
+    return read, copy
+
+
 def measure_case(
     shape: tuple[int, ...],
     dtype: str,
@@ -165,10 +174,7 @@ def measure_case(
     """Measure every operation of one array; returns one :class:`Case` per operation."""
     logits, target = make_inputs(shape, dtype)
     nbytes = logits.nbytes
-    scratch = np.empty_like(logits)
-    read_gbs = nbytes / time_call(lambda: np.sum(logits), repeats) / 1e9
-    copy_gbs = nbytes / time_call(lambda: np.copyto(scratch, logits), repeats) / 1e9
-    del scratch
+    read_gbs, copy_gbs = memory_bandwidth(logits, repeats)
     cases = []
     for operation in OPERATIONS:
         case = Case(shape, dtype, operation, read_gbs, copy_gbs)

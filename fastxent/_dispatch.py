@@ -40,9 +40,7 @@ _loaded: dict[str, Backend] = {}
 _load_errors: dict[str, str] = {}
 
 _process_choice: str | None = None
-_context_choice: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "fastxent_backend", default=None
-)
+_context_choice: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastxent_backend", default=None)
 _process_threads: int | None = None
 
 

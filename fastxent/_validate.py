@@ -47,9 +47,7 @@ def float_input(value: npt.ArrayLike, name: str) -> FloatInput:
         return FloatInput(array, native, native)
     if (dtype.kind == "f" and dtype.itemsize == 2) or _is_bfloat16(dtype):
         return FloatInput(array, np.dtype(np.float32), dtype)
-    raise TypeError(
-        f"{name} must be a float16, bfloat16, float32 or float64 array; got dtype {dtype}"
-    )
+    raise TypeError(f"{name} must be a float16, bfloat16, float32 or float64 array; got dtype {dtype}")
 
 
 def canonical(array: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
@@ -63,9 +61,7 @@ def normalize_axis(axis: object, ndim: int, name: str = "axis") -> int:
         raise TypeError(f"{name} must be an integer; got {axis!r}")
     index = int(axis)
     if not -ndim <= index < ndim:
-        raise np.exceptions.AxisError(
-            f"{name}={index} is out of bounds for an array of dimension {ndim}"
-        )
+        raise np.exceptions.AxisError(f"{name}={index} is out of bounds for an array of dimension {ndim}")
     return index % ndim
 
 
@@ -86,9 +82,7 @@ def split_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
     return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :])
 
 
-def check_out(
-    out: object, name: str, shape: tuple[int, ...], dtype: np.dtype
-) -> np.ndarray:
+def check_out(out: object, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """Check a user-given output array: an ndarray of ``shape`` and ``dtype``, writable."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray; got {type(out).__name__}")
@@ -154,15 +148,11 @@ def index_target(target: np.ndarray, name: str) -> np.ndarray:
         big = target > np.iinfo(np.int64).max
         if big.any():
             position = np.unravel_index(int(np.argmax(big)), target.shape)
-            raise IndexError(
-                f"{name} value {int(target[position])} at position {position} is out of range"
-            )
+            raise IndexError(f"{name} value {int(target[position])} at position {position} is out of range")
     return np.ascontiguousarray(target, dtype=np.int64)
 
 
-def check_index_range(
-    target: np.ndarray, n_classes: int, name: str, ignore_index: int | None
-) -> None:
+def check_index_range(target: np.ndarray, n_classes: int, name: str, ignore_index: int | None) -> None:
     """Raise ``IndexError`` at the first target outside ``[0, n_classes)``.
 
     Targets equal to ``ignore_index`` are allowed. The common case costs two

@@ -23,10 +23,20 @@ def probe(name: str) -> int:
     rng = np.random.default_rng(0)
     calls = 0
     for dtype in (np.float32, np.float64):
-        for b, c, k in [(3, 1, 1), (5, 7, 1), (4, 2049, 1), (2, 5000, 1), (3, 7, 5), (2, 3, 1037), (1, 300, 17), (2, 0, 1), (2, 0, 3)]:
+        for b, c, k in [
+            (3, 1, 1),
+            (5, 7, 1),
+            (4, 2049, 1),
+            (2, 5000, 1),
+            (3, 7, 5),
+            (2, 3, 1037),
+            (1, 300, 17),
+            (2, 0, 1),
+            (2, 0, 3),
+        ]:
             x = rng.standard_normal((b, c, k)).astype(dtype)
             target = rng.integers(0, max(c, 1), (b, k))
-            target.reshape(-1)[:: 2] = [-7, c, c + 1000, 2**40, -(2**40)][: target.reshape(-1)[::2].size] + [0] * max(
+            target.reshape(-1)[::2] = [-7, c, c + 1000, 2**40, -(2**40)][: target.reshape(-1)[::2].size] + [0] * max(
                 0, target.reshape(-1)[::2].size - 5
             )
             probs = rng.random((b, c, k)).astype(dtype)

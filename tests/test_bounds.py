@@ -20,7 +20,12 @@ PROBE = Path(__file__).resolve().parent / "bounds_probe.py"
 def run_probe(backend: str, env: dict[str, str], python_path: Path = ROOT) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "PYTHONPATH": str(python_path), **env}
     return subprocess.run(
-        [sys.executable, str(PROBE), backend], capture_output=True, text=True, timeout=900, env=environment, cwd=python_path
+        [sys.executable, str(PROBE), backend],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=environment,
+        cwd=python_path,
     )
 
 
@@ -57,7 +62,9 @@ def test_cython_kernels_under_address_sanitizer(tmp_path):
     if runtime is None:
         pytest.skip("no AddressSanitizer runtime (libasan) for this compiler")
     package = tmp_path / "pkg"
-    shutil.copytree(ROOT / "fastxent", package / "fastxent", ignore=shutil.ignore_patterns("*.so", "__pycache__", "*.c"))
+    shutil.copytree(
+        ROOT / "fastxent", package / "fastxent", ignore=shutil.ignore_patterns("*.so", "__pycache__", "*.c")
+    )
     shutil.copy(ROOT / "setup.py", package / "setup.py")
     shutil.copy(ROOT / "pyproject.toml", package / "pyproject.toml")
     (package / "README.md").write_text("probe build\n")
@@ -65,7 +72,12 @@ def test_cython_kernels_under_address_sanitizer(tmp_path):
     build = subprocess.run(
         [sys.executable, "setup.py", "build_ext", "--inplace"],
         capture_output=True, text=True, timeout=900, cwd=package,
-        env={**os.environ, "CFLAGS": flags, "LDFLAGS": "-fsanitize=address", "LDSHARED": sysconfig.get_config_var("LDSHARED") + " -fsanitize=address"},
+        env={
+            **os.environ,
+            "CFLAGS": flags,
+            "LDFLAGS": "-fsanitize=address",
+            "LDSHARED": sysconfig.get_config_var("LDSHARED") + " -fsanitize=address",
+        },
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-3000:]
     built = list((package / "fastxent" / "_backends" / "cython_backend").glob("_kernels*.so"))

@@ -6,9 +6,9 @@ import itertools
 
 import numpy as np
 import pytest
+from peers import torch_cross_entropy
 
 import fastxent
-from peers import torch_cross_entropy
 
 SHAPES = [(7,), (5, 7), (4, 6, 3), (2, 5, 3, 2)]
 TOLERANCE = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=3e-5, atol=3e-6)}
@@ -161,7 +161,7 @@ class TestOutputs:
         target = make_target(rng, (4, 6, 3), "index", np.float32)
         expected = torch_cross_entropy(logits, target)
         for grad_out in (np.empty_like(logits), np.empty_like(logits, order="F")):
-            loss, grad = fastxent.cross_entropy_and_grad(logits, target, grad_out=grad_out)
+            _, grad = fastxent.cross_entropy_and_grad(logits, target, grad_out=grad_out)
             assert grad is grad_out
             assert_close(grad, expected[1], np.float32)
 
@@ -286,5 +286,7 @@ def test_softcap_slope_far_in_the_tail(backend, kind):
     target = np.array([0]) if kind == "index" else np.array([[0.2, 0.3, 0.5]], dtype=np.float32)
     kwargs = dict(reduction="none", z_loss=1.0, softcap=5.0)
     _, grad = fastxent.cross_entropy_and_grad(logits, target, **kwargs)
-    expected = torch_cross_entropy(logits.astype(np.float64), target.astype(np.float64) if kind == "probs" else target, **kwargs)[1]
+    expected = torch_cross_entropy(
+        logits.astype(np.float64), target.astype(np.float64) if kind == "probs" else target, **kwargs
+    )[1]
     np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-9)

@@ -69,7 +69,7 @@ def test_unavailable_backend_says_why(monkeypatch):
     monkeypatch.setitem(_dispatch.BACKEND_MODULES, "broken", "fastxent._no_such_module")
     monkeypatch.setattr(_dispatch, "_VALID_NAMES", (*_dispatch._VALID_NAMES, "broken"))
     monkeypatch.setattr(_dispatch, "_load_errors", dict(_dispatch._load_errors))
-    with pytest.raises(fastxent.BackendUnavailableError, match="broken backend is unavailable.*ModuleNotFoundError"):
+    with pytest.raises(fastxent.BackendUnavailableError, match=r"broken backend is unavailable.*ModuleNotFoundError"):
         fastxent.set_backend("broken")
 
 
@@ -138,10 +138,25 @@ def test_required_backend_missing_fails_the_session(tmp_path):
     probe = tmp_path / "test_probe.py"
     probe.write_text("def test_nothing():\n    pass\n")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
-         "-c", str(ROOT / "pyproject.toml"), "--confcutdir", str(ROOT / "tests"),
-         str(ROOT / "tests" / "test_dispatch.py::test_numpy_is_always_available")],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(ROOT),
+            "-c",
+            str(ROOT / "pyproject.toml"),
+            "--confcutdir",
+            str(ROOT / "tests"),
+            str(ROOT / "tests" / "test_dispatch.py::test_numpy_is_always_available"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
         env={**os.environ, "FASTXENT_REQUIRE_BACKENDS": "numpy,imaginary"},
     )
     assert result.returncode != 0

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from peers import torch_cross_entropy
 
 import fastxent
-from peers import torch_cross_entropy
 
 
 def reference(function, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -23,7 +23,9 @@ def assert_same_as_reference(function, *args, **kwargs) -> None:  # type: ignore
     snapshots = [np.array(a, copy=True) for a in args if isinstance(a, np.ndarray)]
     result = function(*args, **kwargs)
     expected = reference(function, *args, **kwargs)
-    for got, want in zip(result if isinstance(result, tuple) else (result,), expected if isinstance(expected, tuple) else (expected,)):
+    for got, want in zip(
+        result if isinstance(result, tuple) else (result,), expected if isinstance(expected, tuple) else (expected,)
+    ):
         np.testing.assert_allclose(np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64),
                                    rtol=2e-5, atol=2e-6, equal_nan=True)  # fmt: skip
     for before, after in zip(snapshots, [a for a in args if isinstance(a, np.ndarray)]):
@@ -102,7 +104,9 @@ def test_extreme_values_follow_torch(backend, dtype, values):
         # NaN only where the row itself holds a NaN or is degenerate: the second row is always finite.
         assert np.isfinite(loss[1]) and np.isfinite(grad[1]).all()
     t = torch.tensor(logits)
-    np.testing.assert_allclose(fastxent.softmax(logits), torch.softmax(t, -1).numpy(), rtol=1e-5, atol=1e-30, equal_nan=True)
+    np.testing.assert_allclose(
+        fastxent.softmax(logits), torch.softmax(t, -1).numpy(), rtol=1e-5, atol=1e-30, equal_nan=True
+    )
     np.testing.assert_allclose(fastxent.logsumexp(logits), torch.logsumexp(t, -1).numpy(), rtol=1e-5, equal_nan=True)
 
 
@@ -191,5 +195,7 @@ def test_more_than_two_to_the_31_elements(compiled):
     assert grad is logits
     probs = np.exp(pattern.astype(np.float64) - lse)
     for row, y in enumerate(target):
-        np.testing.assert_allclose(grad[row, [0, 1023, 2**31 // 2 + 17]], probs[[0, 1023, (2**31 // 2 + 17) % 1024]], rtol=1e-4)
+        np.testing.assert_allclose(
+            grad[row, [0, 1023, 2**31 // 2 + 17]], probs[[0, 1023, (2**31 // 2 + 17) % 1024]], rtol=1e-4
+        )
         np.testing.assert_allclose(grad[row, y], probs[y % 1024] - 1, rtol=1e-4)

@@ -7,11 +7,11 @@ import pytest
 
 pytest.importorskip("numba", reason="the Numba backend is not installed")  # FASTXENT_REQUIRE_BACKENDS guards CI
 
-from numba import njit  # noqa: E402
+from numba import njit
 
-from fastxent._backends.numba_backend import _rows  # noqa: E402
-from fastxent._config import cpu_simd_features  # noqa: E402
-from fastxent._backends.numba_backend._simd import fast_exp, typed, vector_max  # noqa: E402
+from fastxent._backends.numba_backend import _rows
+from fastxent._backends.numba_backend._simd import fast_exp, typed, vector_max
+from fastxent._config import cpu_simd_features
 
 
 @njit(fastmath=_rows.FAST)
@@ -38,7 +38,9 @@ def ulps(actual: np.ndarray, expected: np.ndarray, dtype: type) -> np.ndarray:
     return np.abs(actual.astype(np.float64) - expected) / spacing
 
 
-@pytest.mark.parametrize(("dtype", "low", "exact_ulps", "numpy_ulps"), [(np.float32, -87.3, 2.0, 3.0), (np.float64, -708.3, 1.0, 1.0)])
+@pytest.mark.parametrize(
+    ("dtype", "low", "exact_ulps", "numpy_ulps"), [(np.float32, -87.3, 2.0, 3.0), (np.float64, -708.3, 1.0, 1.0)]
+)
 def test_exp_accuracy(dtype, low, exact_ulps, numpy_ulps):
     rng = np.random.default_rng(0)
     x = np.concatenate([np.linspace(low, 0, 400_001), -rng.exponential(5, 200_000)]).astype(dtype)

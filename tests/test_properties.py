@@ -60,7 +60,9 @@ def test_cross_entropy_is_minus_log_softmax_at_target(backend, data, x):
     reduction=st.sampled_from(["none", "mean", "sum"]),
     probabilities=st.booleans(),
 )
-def test_backend_agrees_with_reference(backend, data, x, weighted, smoothing, z_loss, softcap, reduction, probabilities):
+def test_backend_agrees_with_reference(
+    backend, data, x, weighted, smoothing, z_loss, softcap, reduction, probabilities
+):
     n_classes = x.shape[1]
     if probabilities:
         target = data.draw(hnp.arrays(np.float32, x.shape, elements=st.floats(0, 1, width=32)))
@@ -111,7 +113,6 @@ def fuzz_logits(draw, dtype):  # type: ignore[no-untyped-def]
 def test_fuzz_against_torch(backend, data, dtype, target_dtype, weighted, smoothing, reduction, probabilities):
     """Where semantics overlap (no z-loss, no softcap), every backend gives torch's loss and gradient."""
     import torch  # noqa: F401  (the peer helper needs it)
-
     from peers import torch_cross_entropy
 
     logits = fuzz_logits(data.draw, dtype)
@@ -130,6 +131,8 @@ def test_fuzz_against_torch(backend, data, dtype, target_dtype, weighted, smooth
     torch_target = target.astype(np.int64) if not probabilities else target
     expected_loss, expected_grad = torch_cross_entropy(as64, torch_target, **kwargs)
     tolerance = {np.float16: 2e-2, np.float32: 2e-5, np.float64: 1e-9}[dtype]
-    np.testing.assert_allclose(np.asarray(loss, np.float64), expected_loss, rtol=tolerance, atol=tolerance, equal_nan=True)
+    np.testing.assert_allclose(
+        np.asarray(loss, np.float64), expected_loss, rtol=tolerance, atol=tolerance, equal_nan=True
+    )
     np.testing.assert_allclose(grad.astype(np.float64), expected_grad, rtol=tolerance, atol=tolerance, equal_nan=True)
     assert grad.dtype == dtype and grad.shape == logits.shape

@@ -132,7 +132,12 @@ def test_read_only_install_directory_still_works(tmp_path):
     env.pop("NUMBA_CACHE_DIR", None)
     try:
         result = subprocess.run(
-            [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env
+            [sys.executable, "-W", "error", "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+            env=env,
         )
     finally:
         for path in [install, *install.rglob("*")]:
@@ -143,7 +148,9 @@ def test_read_only_install_directory_still_works(tmp_path):
 
 def run_snippet(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, **env}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=environment, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=environment, cwd=ROOT
+    )
 
 
 CHECK_ALL_BACKENDS = (

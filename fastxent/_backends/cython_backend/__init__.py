@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._interface import FloatArray, IntArray, LossParams
-from . import _kernels
+from . import _kernels  # compiled; typed by _kernels.pyi
 
 #: Whether the extension was compiled with OpenMP, and the SIMD variant in use.
 OPENMP: bool = _kernels.OPENMP
@@ -51,8 +51,9 @@ class CythonBackend:
         with_grad = grad is not None and grad_scale is not None
         _kernels.cross_entropy_index(
             logits, target, weight, params.ignore_index, params.label_smoothing, params.softcap, params.z_coef,
-            loss, lse, grad if with_grad else _dummy(logits.dtype, 3),
-            grad_scale if with_grad else _dummy(np.dtype(np.float64), 2), with_grad, n_threads,
+            loss, lse, grad if grad is not None and with_grad else _dummy(logits.dtype, 3),
+            grad_scale if grad_scale is not None and with_grad else _dummy(np.dtype(np.float64), 2),
+            with_grad, n_threads,
         )  # fmt: skip
 
     def cross_entropy_probs(
@@ -70,8 +71,9 @@ class CythonBackend:
         with_grad = grad is not None and grad_scale is not None
         _kernels.cross_entropy_probs(
             logits, target, weight, params.label_smoothing, params.softcap, params.z_coef,
-            loss, lse, grad if with_grad else _dummy(logits.dtype, 3),
-            grad_scale if with_grad else _dummy(np.dtype(np.float64), 2), with_grad, n_threads,
+            loss, lse, grad if grad is not None and with_grad else _dummy(logits.dtype, 3),
+            grad_scale if grad_scale is not None and with_grad else _dummy(np.dtype(np.float64), 2),
+            with_grad, n_threads,
         )  # fmt: skip
 
 

@@ -6,7 +6,6 @@ compiled for a dtype on its first call (or loaded from Numba's cache).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from .._interface import FloatArray, IntArray, LossParams
@@ -26,18 +25,18 @@ class NumbaBackend:
     @property
     def details(self) -> str:
         """Threading layer and where compiled kernels are cached."""
-        cache = numba.config.CACHE_DIR or "__pycache__ beside the sources (else a user cache directory)"
+        cache = _launch.NUMBA_CONFIG.CACHE_DIR or "__pycache__ beside the sources (else a user cache directory)"
         return f"threading layer {_launch.threading_layer()}, cache {cache}"
 
     def logsumexp(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
-        b, c, k = x.shape
+        _, c, k = x.shape
         if k == 1:
             _rows.logsumexp_rows(n_threads, x.size, x[:, :, 0], out[:, 0])
         else:
             _tiles.logsumexp_tiles(n_threads, x.size, x, out, _tiles.tile_width(c, k, x.itemsize))
 
     def _softmax(self, x: FloatArray, out: FloatArray, n_threads: int, log: bool) -> None:
-        b, c, k = x.shape
+        _, c, k = x.shape
         if k == 1:
             _rows.softmax_rows(n_threads, x.size, x[:, :, 0], out[:, :, 0], log)
         else:
@@ -61,10 +60,10 @@ class NumbaBackend:
         grad_scale: FloatArray | None,
         n_threads: int,
     ) -> None:
-        b, c, k = logits.shape
+        _, c, k = logits.shape
         with_grad = grad is not None and grad_scale is not None
-        grad = grad if with_grad else _dummy(logits.dtype, 3)
-        grad_scale = grad_scale if with_grad else _dummy(np.dtype(np.float64), 2)
+        grad = grad if grad is not None and with_grad else _dummy(logits.dtype, 3)
+        grad_scale = grad_scale if grad_scale is not None and with_grad else _dummy(np.dtype(np.float64), 2)
         options = (params.ignore_index, params.label_smoothing, params.softcap, params.z_coef)
         if k == 1:
             _rows.xent_index_rows(
@@ -89,10 +88,10 @@ class NumbaBackend:
         grad_scale: FloatArray | None,
         n_threads: int,
     ) -> None:
-        b, c, k = logits.shape
+        _, c, k = logits.shape
         with_grad = grad is not None and grad_scale is not None
-        grad = grad if with_grad else _dummy(logits.dtype, 3)
-        grad_scale = grad_scale if with_grad else _dummy(np.dtype(np.float64), 2)
+        grad = grad if grad is not None and with_grad else _dummy(logits.dtype, 3)
+        grad_scale = grad_scale if grad_scale is not None and with_grad else _dummy(np.dtype(np.float64), 2)
         options = (params.label_smoothing, params.softcap, params.z_coef)
         if k == 1:
             _rows.xent_probs_rows(

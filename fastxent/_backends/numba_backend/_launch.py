@@ -36,6 +36,9 @@ from numba.core.caching import NullCache
 from numba.core.registry import CPUDispatcher
 from numba.np.ufunc import parallel as _numba_parallel
 
+#: Numba's configuration module (its type stubs do not list the settings read here).
+NUMBA_CONFIG: Any = numba.config
+
 #: Fewer elements than this run serially. Measured on 2 cores (float32, C = 100,
 #: OpenMP layer): 2 threads are 0.96x as fast at 16K elements, 1.07x at 32K, 1.24x at 64K.
 SERIAL_BELOW = 1 << 15
@@ -56,7 +59,7 @@ def threading_layer() -> str:
     """The layer Numba loaded, or what it will try first if no parallel kernel ran yet."""
     if _numba_parallel._is_initialized:
         return str(numba.threading_layer())
-    return f"{numba.config.THREADING_LAYER} (not started)"
+    return f"{NUMBA_CONFIG.THREADING_LAYER} (not started)"
 
 
 def _renamed(function: Callable[..., Any], suffix: str) -> Callable[..., Any]:
@@ -91,7 +94,7 @@ def _disable_caching(exc: BaseException) -> None:
     for dispatcher in dispatchers:
         dispatcher._cache = NullCache()
     warnings.warn(
-        f"fastxent: Numba's cache ({numba.config.CACHE_DIR or '__pycache__'}) could not be read "
+        f"fastxent: Numba's cache ({NUMBA_CONFIG.CACHE_DIR or '__pycache__'}) could not be read "
         f"({type(exc).__name__}: {exc}); compiling without it. Delete the cache directory to rebuild it.",
         NumbaCacheWarning,
         stacklevel=3,
@@ -102,9 +105,10 @@ class Kernel:
     """A driver compiled serial and parallel; call it with the thread budget first."""
 
     def __init__(self, function: Callable[..., Any], fastmath: set[str]) -> None:
-        options = dict(nogil=True, cache=True, fastmath=fastmath, error_model="numpy")
-        self.serial = numba.njit(parallel=False, **options)(_renamed(function, "_serial"))
-        self.parallel = numba.njit(parallel=True, **options)(_renamed(function, "_parallel"))
+        options: dict[str, Any] = dict(nogil=True, cache=True, fastmath=fastmath, error_model="numpy")
+        jit: Any = numba.njit
+        self.serial = jit(parallel=False, **options)(_renamed(function, "_serial"))
+        self.parallel = jit(parallel=True, **options)(_renamed(function, "_parallel"))
         _KERNELS.append(self)
 
     def __call__(self, n_threads: int, n_elements: int, *args: Any) -> None:
@@ -118,7 +122,7 @@ class Kernel:
             self._launch(n_threads, n_elements, *args)
 
     def _launch(self, n_threads: int, n_elements: int, *args: Any) -> None:
-        usable = min(n_threads, numba.config.NUMBA_NUM_THREADS)
+        usable = min(n_threads, NUMBA_CONFIG.NUMBA_NUM_THREADS)
         wanted = usable > 1 and n_elements >= SERIAL_BELOW and not _forked_child
         if wanted and _parallel_launch.acquire(blocking=False):
             try:

@@ -145,7 +145,9 @@ def _tile_grad(x, grad, b, k0, w, shift, scale, smooth, weight, cap):  # type: i
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
-def xent_index_tile(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse, grad, gscale, with_grad, b, k0, w, weight_sum):  # type: ignore[no-untyped-def]
+def xent_index_tile(
+    x, target, weight, ignore_index, eps, cap, z_coef, loss, lse, grad, gscale, with_grad, b, k0, w, weight_sum
+):  # type: ignore[no-untyped-def]
     """Loss (and gradient) of positions ``k0 .. k0 + w`` of ``x[b]``; see :mod:`._rows` for the values."""
     n_classes = x.shape[1]
     smooth_coef = eps / n_classes if n_classes else 0.0
