@@ -3,16 +3,17 @@
 
 Layers, as in scikit-learn's ``_loss``: vectorised C primitives (fx_simd.h,
 with run-time AVX2 dispatch), per-row and per-tile ``noexcept nogil``
-functions here, and ``prange`` drivers with ``schedule="static"`` and an
-explicit thread count. Scratch is thread-private and allocated once per
-parallel region. Rows are independent, so results do not depend on the
+functions here, ``*_units`` functions that run a contiguous range of rows or
+tiles with their own scratch (allocated once per range), and drivers that
+give each thread one static range through ``prange`` with an explicit thread
+count, or run all units in a plain loop on one thread. Rows are independent, so results do not depend on the
 thread count. Inputs were validated in Python before the ``nogil`` block.
 
 Soft-capped rows are first written capped into scratch, then run through
 the same primitives; the gradient is multiplied by the cap's slope.
 """
 
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport prange
 from libc.math cimport INFINITY, exp, isnan, log, tanh
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
@@ -465,74 +466,83 @@ cdef inline void softmax_unit(const real *x, real *out, Py_ssize_t n_classes, Py
 
 # ---------------------------------------------------------------- drivers
 
-cdef inline Py_ssize_t units_of(Py_ssize_t n_rows, Py_ssize_t n_positions, Py_ssize_t width) noexcept nogil:
-    return n_rows * ((n_positions + width - 1) // width)
+cdef struct Layout:
+    Py_ssize_t n_classes   # C
+    Py_ssize_t stride      # K: 1 for rows, else the distance between classes
+    Py_ssize_t width       # positions per tile (1 for rows)
+    Py_ssize_t tiles       # tiles per leading index b
+    Py_ssize_t units       # rows or tiles in all
+
+
+cdef Layout layout_of(Py_ssize_t n_rows, Py_ssize_t n_classes, Py_ssize_t n_positions, Py_ssize_t itemsize):
+    cdef Layout L
+    L.n_classes = n_classes
+    L.stride = n_positions
+    L.width = tile_width(n_classes, n_positions, itemsize) if n_positions > 1 else 1
+    L.tiles = (n_positions + L.width - 1) // L.width
+    L.units = n_rows * L.tiles
+    return L
+
+
+cdef inline Py_ssize_t locate(Layout L, Py_ssize_t unit, Py_ssize_t *position, Py_ssize_t *w) noexcept nogil:
+    """Offset of ``unit``'s first logit; writes its first output ``position`` and width ``w``."""
+    cdef Py_ssize_t b = unit // L.tiles, k0 = (unit % L.tiles) * L.width
+    position[0] = b * L.stride + k0
+    w[0] = min(L.width, L.stride - k0)
+    return b * L.n_classes * L.stride + k0
+
+
+cdef inline Py_ssize_t first_unit(Layout L, int part, int parts) noexcept nogil:
+    """Units are split into ``parts`` contiguous, static ranges: one per thread."""
+    return L.units * part // parts
+
+
+cdef void lse_units(Layout L, const real *x, real *out, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    cdef TileScratch s = new_scratch(L.width, L.n_classes, sizeof(real), False)
+    cdef Py_ssize_t unit, offset, position, w
+    for unit in range(first, last):
+        offset = locate(L, unit, &position, &w)
+        lse_unit(x + offset, out + position, L.n_classes, L.stride, w, s)
+    free_scratch(s)
 
 
 def logsumexp(const real[:, :, ::1] x, real[:, ::1] out, int n_threads):
     """``out (B, K) = log(sum(exp(x), axis=1))``."""
-    cdef Py_ssize_t n_rows = x.shape[0], n_classes = x.shape[1], n_positions = x.shape[2]
-    cdef Py_ssize_t width = tile_width(n_classes, n_positions, sizeof(real)) if n_positions > 1 else 1
-    cdef Py_ssize_t tiles = (n_positions + width - 1) // width, units = n_rows * tiles, unit, b, k0
-    cdef Py_ssize_t stride = n_positions
-    cdef int threads = threads_for(x.size, n_threads)
+    cdef Layout L = layout_of(x.shape[0], x.shape[1], x.shape[2], sizeof(real))
+    cdef int threads = threads_for(x.size, n_threads), part
     cdef const real *base
-    cdef real *out_base
-    cdef TileScratch s
-    if units == 0:
+    if L.units == 0:
         return
-    base = &x[0, 0, 0] if n_classes else <const real *>&out[0, 0]
-    out_base = &out[0, 0]
+    base = &x[0, 0, 0] if L.n_classes else <const real *>&out[0, 0]
     if threads == 1:
-        s = new_scratch(width, n_classes, sizeof(real), False)
-        for unit in range(units):
-            b = unit // tiles
-            k0 = (unit % tiles) * width
-            lse_unit(base + b * n_classes * stride + k0, out_base + b * stride + k0, n_classes, stride,
-                     min(width, stride - k0), s)
-        free_scratch(s)
+        lse_units(L, base, &out[0, 0], 0, L.units)
         return
-    with nogil, parallel(num_threads=threads):
-        s = new_scratch(width, n_classes, sizeof(real), False)
-        for unit in prange(units, schedule="static"):
-            b = unit // tiles
-            k0 = (unit % tiles) * width
-            lse_unit(base + b * n_classes * stride + k0, out_base + b * stride + k0, n_classes, stride,
-                     min(width, stride - k0), s)
-        free_scratch(s)
+    for part in prange(threads, nogil=True, schedule="static", num_threads=threads):
+        lse_units(L, base, &out[0, 0], first_unit(L, part, threads), first_unit(L, part + 1, threads))
+
+
+cdef void softmax_units(Layout L, const real *x, real *out, bint log_space, Py_ssize_t first,
+                        Py_ssize_t last) noexcept nogil:
+    cdef TileScratch s = new_scratch(L.width, L.n_classes, sizeof(real), False)
+    cdef Py_ssize_t unit, offset, position, w
+    for unit in range(first, last):
+        offset = locate(L, unit, &position, &w)
+        softmax_unit(x + offset, out + offset, L.n_classes, L.stride, w, log_space, s)
+    free_scratch(s)
 
 
 def softmax(const real[:, :, ::1] x, real[:, :, ::1] out, bint log_space, int n_threads):
     """Softmax (or log-softmax) over axis 1 of ``x (B, C, K)``; ``out`` may be ``x``."""
-    cdef Py_ssize_t n_rows = x.shape[0], n_classes = x.shape[1], n_positions = x.shape[2]
-    cdef Py_ssize_t width = tile_width(n_classes, n_positions, sizeof(real)) if n_positions > 1 else 1
-    cdef Py_ssize_t tiles = (n_positions + width - 1) // width, units = n_rows * tiles, unit, b, k0
-    cdef Py_ssize_t stride = n_positions, offset
-    cdef int threads = threads_for(x.size, n_threads)
-    cdef const real *base
-    cdef real *out_base
-    cdef TileScratch s
+    cdef Layout L = layout_of(x.shape[0], x.shape[1], x.shape[2], sizeof(real))
+    cdef int threads = threads_for(x.size, n_threads), part
     if x.size == 0:
         return
-    base = &x[0, 0, 0]
-    out_base = &out[0, 0, 0]
     if threads == 1:
-        s = new_scratch(width, n_classes, sizeof(real), False)
-        for unit in range(units):
-            b = unit // tiles
-            k0 = (unit % tiles) * width
-            offset = b * n_classes * stride + k0
-            softmax_unit(base + offset, out_base + offset, n_classes, stride, min(width, stride - k0), log_space, s)
-        free_scratch(s)
+        softmax_units(L, &x[0, 0, 0], &out[0, 0, 0], log_space, 0, L.units)
         return
-    with nogil, parallel(num_threads=threads):
-        s = new_scratch(width, n_classes, sizeof(real), False)
-        for unit in prange(units, schedule="static"):
-            b = unit // tiles
-            k0 = (unit % tiles) * width
-            offset = b * n_classes * stride + k0
-            softmax_unit(base + offset, out_base + offset, n_classes, stride, min(width, stride - k0), log_space, s)
-        free_scratch(s)
+    for part in prange(threads, nogil=True, schedule="static", num_threads=threads):
+        softmax_units(L, &x[0, 0, 0], &out[0, 0, 0], log_space, first_unit(L, part, threads),
+                      first_unit(L, part + 1, threads))
 
 
 cdef inline void xent_index_unit(const real *x, real *g, const index_t *y, Py_ssize_t n_classes, Py_ssize_t stride,
@@ -555,57 +565,56 @@ cdef inline void xent_index_unit(const real *x, real *g, const index_t *y, Py_ss
                    gs[0] if with_grad else 0.0, with_grad, <real *>s.capped)
 
 
+cdef struct LossArgs:
+    double weight_sum
+    long long ignore_index
+    double eps
+    double cap
+    double z_coef
+    bint with_grad
+
+
+cdef void xent_index_units(Layout L, LossArgs a, const real *x, real *g, const index_t *y, const real *weight,
+                           real *loss, real *lse, const double *gs, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    # Rows need a capped copy of one row (width 1), tiles one of the tile.
+    cdef TileScratch s = new_scratch(L.width, L.n_classes, sizeof(real), a.cap != 0)
+    cdef Py_ssize_t unit, offset, position, w
+    for unit in range(first, last):
+        offset = locate(L, unit, &position, &w)
+        xent_index_unit(x + offset, g + offset if a.with_grad else NULL, y + position, L.n_classes, L.stride, w,
+                        weight, a.weight_sum, a.ignore_index, a.eps, a.cap, a.z_coef, loss + position,
+                        lse + position, gs + position if a.with_grad else NULL, a.with_grad, s)
+    free_scratch(s)
+
+
 def cross_entropy_index(const real[:, :, ::1] x, const index_t[:, ::1] target, const real[::1] weight,
                         long long ignore_index, double eps, double cap, double z_coef, real[:, ::1] loss,
                         real[:, ::1] lse, real[:, :, ::1] grad, const double[:, ::1] gscale, bint with_grad,
                         int n_threads):
     """Cross-entropy with class indices; see the backend interface for the values."""
-    cdef Py_ssize_t n_rows = x.shape[0], n_classes = x.shape[1], n_positions = x.shape[2]
-    cdef Py_ssize_t width = tile_width(n_classes, n_positions, sizeof(real)) if n_positions > 1 else 1
-    cdef Py_ssize_t tiles = (n_positions + width - 1) // width, units = n_rows * tiles, unit, b, k0
-    cdef Py_ssize_t stride = n_positions, offset, position, scratch_width
-    cdef int threads = threads_for(x.size, n_threads)
-    cdef double weight_sum = 0
+    cdef Layout L = layout_of(x.shape[0], x.shape[1], x.shape[2], sizeof(real))
+    cdef int threads = threads_for(x.size, n_threads), part
+    cdef LossArgs a
     cdef Py_ssize_t c
-    cdef bint with_cap = cap != 0
     cdef const real *base
     cdef real *grad_base
-    cdef const double *gs_base
-    cdef TileScratch s
-    if units == 0:
+    cdef const real *weights
+    if L.units == 0:
         return
-    for c in range(n_classes):
-        weight_sum += weight[c]
-    base = &x[0, 0, 0] if n_classes else NULL
-    grad_base = &grad[0, 0, 0] if (with_grad and n_classes) else NULL
-    gs_base = &gscale[0, 0]
-    # Rows need a capped copy of one row (width 1), tiles one of the tile.
-    scratch_width = width if n_positions > 1 else 1
+    a.weight_sum = 0
+    for c in range(L.n_classes):
+        a.weight_sum += weight[c]
+    a.ignore_index, a.eps, a.cap, a.z_coef, a.with_grad = ignore_index, eps, cap, z_coef, with_grad
+    base = &x[0, 0, 0] if L.n_classes else NULL
+    grad_base = &grad[0, 0, 0] if (with_grad and L.n_classes) else NULL
+    weights = &weight[0] if L.n_classes else NULL
     if threads == 1:
-        s = new_scratch(scratch_width, n_classes, sizeof(real), with_cap)
-        for unit in range(units):
-            b = unit // tiles
-            k0 = (unit % tiles) * width
-            offset = b * n_classes * stride + k0
-            position = b * stride + k0
-            xent_index_unit(base + offset, grad_base + offset if with_grad else NULL, &target[0, 0] + position,
-                            n_classes, stride, min(width, stride - k0), &weight[0] if n_classes else NULL,
-                            weight_sum, ignore_index, eps, cap, z_coef, &loss[0, 0] + position,
-                            &lse[0, 0] + position, gs_base + position if with_grad else NULL, with_grad, s)
-        free_scratch(s)
+        xent_index_units(L, a, base, grad_base, &target[0, 0], weights, &loss[0, 0], &lse[0, 0], &gscale[0, 0],
+                         0, L.units)
         return
-    with nogil, parallel(num_threads=threads):
-        s = new_scratch(scratch_width, n_classes, sizeof(real), with_cap)
-        for unit in prange(units, schedule="static"):
-            b = unit // tiles
-            k0 = (unit % tiles) * width
-            offset = b * n_classes * stride + k0
-            position = b * stride + k0
-            xent_index_unit(base + offset, grad_base + offset if with_grad else NULL, &target[0, 0] + position,
-                            n_classes, stride, min(width, stride - k0), &weight[0] if n_classes else NULL,
-                            weight_sum, ignore_index, eps, cap, z_coef, &loss[0, 0] + position,
-                            &lse[0, 0] + position, gs_base + position if with_grad else NULL, with_grad, s)
-        free_scratch(s)
+    for part in prange(threads, nogil=True, schedule="static", num_threads=threads):
+        xent_index_units(L, a, base, grad_base, &target[0, 0], weights, &loss[0, 0], &lse[0, 0], &gscale[0, 0],
+                         first_unit(L, part, threads), first_unit(L, part + 1, threads))
 
 
 cdef inline void xent_probs_unit(const real *x, const real *t, real *g, Py_ssize_t n_classes, Py_ssize_t stride,
@@ -618,53 +627,42 @@ cdef inline void xent_probs_unit(const real *x, const real *t, real *g, Py_ssize
                        with_grad, <real *>s.capped)
 
 
+cdef void xent_probs_units(Layout L, LossArgs a, const real *x, const real *t, real *g, const real *weight,
+                           real *loss, real *lse, const double *gs, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    cdef TileScratch s = new_scratch(L.width, L.n_classes, sizeof(real), a.cap != 0)
+    cdef Py_ssize_t unit, offset, position, w
+    for unit in range(first, last):
+        offset = locate(L, unit, &position, &w)
+        xent_probs_unit(x + offset, t + offset, g + offset if a.with_grad else NULL, L.n_classes, L.stride, w,
+                        weight, a.eps, a.cap, a.z_coef, loss + position, lse + position,
+                        gs + position if a.with_grad else NULL, a.with_grad, s)
+    free_scratch(s)
+
+
 def cross_entropy_probs(const real[:, :, ::1] x, const real[:, :, ::1] target, const real[::1] weight, double eps,
                         double cap, double z_coef, real[:, ::1] loss, real[:, ::1] lse, real[:, :, ::1] grad,
                         const double[:, ::1] gscale, bint with_grad, int n_threads):
     """Cross-entropy with class probabilities; see the backend interface for the values."""
-    cdef Py_ssize_t n_rows = x.shape[0], n_classes = x.shape[1], n_positions = x.shape[2]
-    cdef Py_ssize_t width = tile_width(n_classes, n_positions, sizeof(real)) if n_positions > 1 else 1
-    cdef Py_ssize_t tiles = (n_positions + width - 1) // width, units = n_rows * tiles, unit, b, k0
-    cdef Py_ssize_t stride = n_positions, offset, position, scratch_width
-    cdef int threads = threads_for(x.size, n_threads)
-    cdef bint with_cap = cap != 0
-    cdef TileScratch s
+    cdef Layout L = layout_of(x.shape[0], x.shape[1], x.shape[2], sizeof(real))
+    cdef int threads = threads_for(x.size, n_threads), part
+    cdef LossArgs a
+    cdef Py_ssize_t b, k
     cdef real *grad_base
-    cdef const double *gs_base
-    if units == 0:
+    if L.units == 0:
         return
-    if n_classes == 0:
+    if L.n_classes == 0:
         # No classes: every loss is an empty sum.
-        for b in range(n_rows):
-            for k0 in range(n_positions):
-                loss[b, k0] = 0
-                lse[b, k0] = -INFINITY
+        for b in range(x.shape[0]):
+            for k in range(x.shape[2]):
+                loss[b, k] = 0
+                lse[b, k] = -INFINITY
         return
+    a.weight_sum, a.ignore_index, a.eps, a.cap, a.z_coef, a.with_grad = 0, 0, eps, cap, z_coef, with_grad
     grad_base = &grad[0, 0, 0] if with_grad else NULL
-    gs_base = &gscale[0, 0]
-    scratch_width = width if n_positions > 1 else 1
     if threads == 1:
-        s = new_scratch(scratch_width, n_classes, sizeof(real), with_cap)
-        for unit in range(units):
-            b = unit // tiles
-            k0 = (unit % tiles) * width
-            offset = b * n_classes * stride + k0
-            position = b * stride + k0
-            xent_probs_unit(&x[0, 0, 0] + offset, &target[0, 0, 0] + offset,
-                            grad_base + offset if with_grad else NULL, n_classes, stride, min(width, stride - k0),
-                            &weight[0], eps, cap, z_coef, &loss[0, 0] + position, &lse[0, 0] + position,
-                            gs_base + position if with_grad else NULL, with_grad, s)
-        free_scratch(s)
+        xent_probs_units(L, a, &x[0, 0, 0], &target[0, 0, 0], grad_base, &weight[0], &loss[0, 0], &lse[0, 0],
+                         &gscale[0, 0], 0, L.units)
         return
-    with nogil, parallel(num_threads=threads):
-        s = new_scratch(scratch_width, n_classes, sizeof(real), with_cap)
-        for unit in prange(units, schedule="static"):
-            b = unit // tiles
-            k0 = (unit % tiles) * width
-            offset = b * n_classes * stride + k0
-            position = b * stride + k0
-            xent_probs_unit(&x[0, 0, 0] + offset, &target[0, 0, 0] + offset,
-                            grad_base + offset if with_grad else NULL, n_classes, stride, min(width, stride - k0),
-                            &weight[0], eps, cap, z_coef, &loss[0, 0] + position, &lse[0, 0] + position,
-                            gs_base + position if with_grad else NULL, with_grad, s)
-        free_scratch(s)
+    for part in prange(threads, nogil=True, schedule="static", num_threads=threads):
+        xent_probs_units(L, a, &x[0, 0, 0], &target[0, 0, 0], grad_base, &weight[0], &loss[0, 0], &lse[0, 0],
+                         &gscale[0, 0], first_unit(L, part, threads), first_unit(L, part + 1, threads))

@@ -29,40 +29,14 @@
 
 #define FX_ATTR
 #define ISA generic
-#define REAL float
-#define SUF f32
-#define FX_IS_DOUBLE 0
-#include "fx_rows_template.h"
-#undef REAL
-#undef SUF
-#undef FX_IS_DOUBLE
-#define REAL double
-#define SUF f64
-#define FX_IS_DOUBLE 1
-#include "fx_rows_template.h"
-#undef REAL
-#undef SUF
-#undef FX_IS_DOUBLE
+#include "fx_instantiate.h"
 #undef ISA
 #undef FX_ATTR
 
 #if FX_DISPATCH
 #define FX_ATTR __attribute__((target("avx2,fma")))
 #define ISA avx2
-#define REAL float
-#define SUF f32
-#define FX_IS_DOUBLE 0
-#include "fx_rows_template.h"
-#undef REAL
-#undef SUF
-#undef FX_IS_DOUBLE
-#define REAL double
-#define SUF f64
-#define FX_IS_DOUBLE 1
-#include "fx_rows_template.h"
-#undef REAL
-#undef SUF
-#undef FX_IS_DOUBLE
+#include "fx_instantiate.h"
 #undef ISA
 #undef FX_ATTR
 #endif

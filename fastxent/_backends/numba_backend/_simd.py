@@ -29,48 +29,23 @@ from numba.extending import intrinsic, overload
 EXACT = {"contract"}
 
 
-@intrinsic
-def _bits_f32(typingctx, value):  # type: ignore[no-untyped-def]
-    """Reinterpret a float32 as an int32 (a bit cast, not a conversion)."""
-    signature = types.int32(types.float32)
+def _bit_cast(source, target, ir_target):  # type: ignore[no-untyped-def]
+    """An intrinsic reinterpreting a ``source`` value's bits as ``target`` (no conversion)."""
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return builder.bitcast(args[0], ir.IntType(32))
+    @intrinsic
+    def cast(typingctx, value):  # type: ignore[no-untyped-def]
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            return builder.bitcast(args[0], ir_target)
 
-    return signature, codegen
+        return target(source), codegen
 
-
-@intrinsic
-def _float_from_bits_f32(typingctx, value):  # type: ignore[no-untyped-def]
-    """Reinterpret an int32 as a float32."""
-    signature = types.float32(types.int32)
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return signature, codegen
+    return cast
 
 
-@intrinsic
-def _bits_f64(typingctx, value):  # type: ignore[no-untyped-def]
-    """Reinterpret a float64 as an int64."""
-    signature = types.int64(types.float64)
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return builder.bitcast(args[0], ir.IntType(64))
-
-    return signature, codegen
-
-
-@intrinsic
-def _float_from_bits_f64(typingctx, value):  # type: ignore[no-untyped-def]
-    """Reinterpret an int64 as a float64."""
-    signature = types.float64(types.int64)
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return signature, codegen
+_bits_f32 = _bit_cast(types.float32, types.int32, ir.IntType(32))
+_float_from_bits_f32 = _bit_cast(types.int32, types.float32, ir.FloatType())
+_bits_f64 = _bit_cast(types.float64, types.int64, ir.IntType(64))
+_float_from_bits_f64 = _bit_cast(types.int64, types.float64, ir.DoubleType())
 
 
 def _order_key_codegen(width: int):  # type: ignore[no-untyped-def]
