@@ -11,6 +11,7 @@ Environment switches:
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -74,6 +75,9 @@ def _extension() -> Extension:
         "fastxent._backends.cython_backend._kernels",
         ["fastxent/_backends/cython_backend/_kernels.pyx"],
         include_dirs=["fastxent/_backends/cython_backend", numpy.get_include()],
+        # The C headers are #included by the generated C, not cimported: list
+        # them so an edited header rebuilds the extension in place.
+        depends=sorted(glob.glob("fastxent/_backends/cython_backend/*.h")),
         define_macros=macros,
         extra_compile_args=compile_args,
         extra_link_args=link_args,

@@ -154,6 +154,26 @@ def test_targets_of_int32_and_other_dtypes_with_ignore(backend):
         np.testing.assert_array_equal(got[1], expected[1])
 
 
+@pytest.mark.parametrize("n_classes", [1, 7, 8, 10, 16, 17, 33])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_short_and_long_rows_with_special_values(backend, n_classes, dtype):
+    """Row lengths on both sides of the short-row paths (Cython: <= 16 classes), with non-finite rows."""
+    rng = np.random.default_rng(n_classes)
+    logits = (rng.standard_normal((9, n_classes)) * 5).astype(dtype)
+    logits[1] = -np.inf
+    logits[2, -1] = np.inf
+    logits[3, 0] = np.nan
+    logits[4] = 1e4 + np.arange(n_classes)
+    logits[5, : n_classes // 2] = -np.inf
+    target = rng.integers(0, n_classes, 9)
+    target[5] = n_classes - 1
+    assert_same_as_reference(fastxent.cross_entropy_and_grad, logits, target, reduction="none")
+    assert_same_as_reference(fastxent.cross_entropy, logits, target, reduction="none", label_smoothing=0.2)
+    assert_same_as_reference(fastxent.logsumexp, logits)
+    assert_same_as_reference(fastxent.softmax, logits)
+    assert_same_as_reference(fastxent.log_softmax, logits)
+
+
 @pytest.mark.parametrize("shape", [(0, 5), (1, 1), (3, 1), (1, 200_003), (2, 3, 0), (0, 3, 4)])
 def test_degenerate_shapes(backend, shape):
     rng = np.random.default_rng(5)

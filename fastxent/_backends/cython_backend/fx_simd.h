@@ -16,6 +16,8 @@
 
 /* Elements per chunk of the online normaliser: 8 KB of float32, inside L1. */
 #define FX_CHUNK 2048
+/* Rows this short skip the `omp simd` reductions (see fx_short_max). */
+#define FX_SHORT 16
 /* Tiles hold at most this many positions (the Cython side's tile_width caps them). */
 #define FX_TILE_MAX 1024
 /* Classes summed in the logits' precision before adding into a double total. */
