@@ -221,41 +221,20 @@ def softmax_rows(x, out, log):  # type: ignore[no-untyped-def]
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
-def _index_row_loss(row, y, weight, eps, cap, smooth, weight_sum, grad, b, store):  # type: ignore[no-untyped-def]
-    """``(loss, lse, M, S)`` of ``row`` for a valid class index ``y``; ``store`` puts the exps in ``grad[b]``.
+def _plain_row_loss(row, y, weight):  # type: ignore[no-untyped-def]
+    """``(loss, lse)`` of ``row`` for class ``y``: no smoothing, cap or gradient.
 
-    Returns values for the caller to write: with the writes in here (and
-    ``row = x[b]`` taken in here) the plain loss ran at 110 instead of 55 ns
-    per row for C = 10.
+    Returns the values for the caller to write: with the writes in here the
+    loop ran at 110 instead of 55 ns per row for C = 10. The target gather
+    comes first so that it overlaps the sum (90 ns when it came after it).
     """
     w_y = np.float64(weight[y])
-    x_y = capped(row[y], cap)
-    weighted = row_weighted_sum(row, weight, cap) if eps > 0 else 0.0
-    if store:
-        shift, total = row_store_exp(row, grad[b])
-    else:
-        shift, total = row_shift_and_sum(row, cap)
+    x_y = row[y]
+    shift, total = row_shift_and_sum(row, typed(row, 0.0))
     log_total = math.log(total)
     row_lse = np.float64(shift) + log_total
-    value = (1.0 - eps) * w_y * (np.float64(shift - x_y) + log_total)
-    if eps > 0:
-        value += smooth * (weight_sum * row_lse - weighted)
-    return value, row_lse, shift, total
-
-
-@njit(fastmath=FAST, cache=True, inline="always")
-def _index_row_grad(row, out, y, weight, eps, cap, z_coef, smooth, weight_sum, g, row_lse, shift, total, stored):  # type: ignore[no-untyped-def]
-    """Write the gradient of row ``row`` (upstream gradient ``g``) into ``out``."""
-    w_y = np.float64(weight[y])
-    a = g * ((1.0 - eps) * w_y + smooth * weight_sum)
-    if z_coef != 0:
-        a += g * 2.0 * z_coef * row_lse
-    slope_y = cap_slope(row[y], cap) if cap != 0 else 1.0
-    if stored:
-        _scale_stored(out, typed(row, a / total), typed(row, g * smooth), weight)
-    else:
-        _write_grad_capped(row, out, shift, typed(row, 1 / total), typed(row, a), typed(row, g * smooth), weight, cap)
-    out[y] -= g * (1.0 - eps) * w_y * slope_y
+    value = w_y * (np.float64(shift - x_y) + log_total)
+    return value, row_lse
 
 
 @variants(FAST)
@@ -266,18 +245,17 @@ def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse
         weight_sum += np.float64(weight[c])
     smooth = eps / n_classes if n_classes else 0.0
     if not with_grad and eps == 0 and cap == 0:
-        # The plain loss, unswitched: with the options as constants LLVM drops
-        # their branches (C = 10: 90 -> 55 ns per row).
-        zero = typed(x, 0.0)
+        # The plain loss, unswitched: with the options gone LLVM drops their
+        # branches (C = 10: 90 -> 55 ns per row). The general loop below keeps
+        # its body inline: moved into helpers, its gradient ran 135 -> 170 ns.
         for b in prange(n_rows):
             y = target[b]
             if y == ignore_index or y < 0 or y >= n_classes:
                 loss[b] = 0
                 lse[b] = 0
             else:
-                loss[b], lse[b], _, _ = _index_row_loss(x[b], y, weight, 0.0, zero, 0.0, 0.0, grad, b, False)
+                loss[b], lse[b] = _plain_row_loss(x[b], y, weight)
         return
-    store = with_grad and cap == 0
     for b in prange(n_rows):
         y = target[b]
         if y == ignore_index or y < 0 or y >= n_classes:
@@ -287,13 +265,35 @@ def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse
                 grad[b, :] = 0
             continue
         row = x[b]
-        value, row_lse, shift, total = _index_row_loss(row, y, weight, eps, cap, smooth, weight_sum, grad, b, store)
+        raw_y = row[y]
+        x_y = capped(raw_y, cap)
+        w_y = np.float64(weight[y])
+        weighted = row_weighted_sum(row, weight, cap) if eps > 0 else 0.0
+        store = with_grad and cap == 0
+        if store:
+            shift, total = row_store_exp(row, grad[b])
+        else:
+            shift, total = row_shift_and_sum(row, cap)
+        log_total = math.log(total)
+        row_lse = np.float64(shift) + log_total
+        value = (1.0 - eps) * w_y * (np.float64(shift - x_y) + log_total)
+        if eps > 0:
+            value += smooth * (weight_sum * row_lse - weighted)
         loss[b] = value
         lse[b] = row_lse
         if with_grad:
-            _index_row_grad(
-                row, grad[b], y, weight, eps, cap, z_coef, smooth, weight_sum, gscale[b], row_lse, shift, total, store
-            )
+            g = gscale[b]
+            a = g * ((1.0 - eps) * w_y + smooth * weight_sum)
+            if z_coef != 0:
+                a += g * 2.0 * z_coef * row_lse
+            slope_y = cap_slope(raw_y, cap) if cap != 0 else 1.0
+            if store:
+                _scale_stored(grad[b], typed(row, a / total), typed(row, g * smooth), weight)
+            else:
+                _write_grad_capped(
+                    row, grad[b], shift, typed(row, 1 / total), typed(row, a), typed(row, g * smooth), weight, cap
+                )
+            grad[b, y] -= g * (1.0 - eps) * w_y * slope_y
 
 
 @variants(FAST)
