@@ -486,12 +486,7 @@ cdef Layout layout_of(Py_ssize_t n_rows, Py_ssize_t n_classes, Py_ssize_t n_posi
 
 cdef inline Py_ssize_t locate(Layout L, Py_ssize_t unit, Py_ssize_t *position, Py_ssize_t *w) noexcept nogil:
     """Offset of ``unit``'s first logit; writes its first output ``position`` and width ``w``."""
-    cdef Py_ssize_t b, k0
-    if L.tiles == 1:
-        # Rows (or one tile per b): no 64-bit division, ~20 ns per row at C = 10.
-        b, k0 = unit, 0
-    else:
-        b, k0 = unit // L.tiles, (unit % L.tiles) * L.width
+    cdef Py_ssize_t b = unit // L.tiles, k0 = (unit % L.tiles) * L.width
     position[0] = b * L.stride + k0
     w[0] = min(L.width, L.stride - k0)
     return b * L.n_classes * L.stride + k0

@@ -78,8 +78,9 @@ static FX_ATTR REAL FX(fx_sumexp)(const REAL *x, Py_ssize_t n, REAL shift) {
 
 /* Rows of at most FX_SHORT elements take plain loops: an `omp simd`
  * reduction spills its lanes to the stack and reloads them, a store-forwarding
- * stall per pass that costs more than a short row's arithmetic (C = 10:
- * 108 -> 75 ns per row). Returns S, writes M and, unless out is NULL, exp(x - M). */
+ * stall per pass that costs more than a short row's arithmetic (measured in
+ * docs/performance.md, "65536 x 10"). Returns S, writes M and, unless out is
+ * NULL, exp(x - M). */
 static inline FX_ATTR REAL FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
     REAL best = -INFINITY, total = 0;
     for (Py_ssize_t i = 0; i < n; i++) best = x[i] > best ? x[i] : best;

@@ -16,7 +16,7 @@
 
 /* Elements per chunk of the online normaliser: 8 KB of float32, inside L1. */
 #define FX_CHUNK 2048
-/* Rows this short skip the `omp simd` reductions (see fx_short_max). */
+/* Rows this short skip the `omp simd` reductions (see fx_short_row). */
 #define FX_SHORT 16
 /* Tiles hold at most this many positions (the Cython side's tile_width caps them). */
 #define FX_TILE_MAX 1024

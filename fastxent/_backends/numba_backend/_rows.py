@@ -224,9 +224,9 @@ def softmax_rows(x, out, log):  # type: ignore[no-untyped-def]
 def _plain_row_loss(row, y, weight):  # type: ignore[no-untyped-def]
     """``(loss, lse)`` of ``row`` for class ``y``: no smoothing, cap or gradient.
 
-    Returns the values for the caller to write: with the writes in here the
-    loop ran at 110 instead of 55 ns per row for C = 10. The target gather
-    comes first so that it overlaps the sum (90 ns when it came after it).
+    Returns the values for the caller to write (writing them in here was
+    slower), and gathers the target logit before the sum so that the load
+    overlaps it.
     """
     w_y = np.float64(weight[y])
     x_y = row[y]
@@ -240,14 +240,10 @@ def _plain_row_loss(row, y, weight):  # type: ignore[no-untyped-def]
 @variants(FAST)
 def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse, grad, gscale, with_grad):  # type: ignore[no-untyped-def]
     n_rows, n_classes = x.shape
-    weight_sum = 0.0
-    for c in range(n_classes):
-        weight_sum += np.float64(weight[c])
-    smooth = eps / n_classes if n_classes else 0.0
     if not with_grad and eps == 0 and cap == 0:
-        # The plain loss, unswitched: with the options gone LLVM drops their
-        # branches (C = 10: 90 -> 55 ns per row). The general loop below keeps
-        # its body inline: moved into helpers, its gradient ran 135 -> 170 ns.
+        # The plain loss gets its own loop: without the options' branches the
+        # row is cheaper (docs/performance.md, "65536 x 10"). The general
+        # loop keeps its body inline; in helpers its gradient was slower.
         for b in prange(n_rows):
             y = target[b]
             if y == ignore_index or y < 0 or y >= n_classes:
@@ -256,6 +252,10 @@ def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse
             else:
                 loss[b], lse[b] = _plain_row_loss(x[b], y, weight)
         return
+    weight_sum = 0.0
+    for c in range(n_classes):
+        weight_sum += np.float64(weight[c])
+    smooth = eps / n_classes if n_classes else 0.0
     for b in prange(n_rows):
         y = target[b]
         if y == ignore_index or y < 0 or y >= n_classes:
