@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastxent {info,demo}``."""
+"""Command line: ``python -m fastxent {bench,info}`` (see :mod:`fastxent._cli`)."""
 
 from __future__ import annotations
 

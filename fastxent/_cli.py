@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 from . import _bench, _config, _dispatch
+from ._version import __version__
+
+#: The peers ``bench`` measures when they can be imported, and how to install each.
+#: torch is the version the test extra pins.
+PEER_INSTALL = {
+    "torch": "pip install torch==2.13.0",
+    "jax": "pip install jax",
+    "tensorflow": "pip install tensorflow",
+}
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -54,6 +65,19 @@ def _format_table(cases: list[_bench.Case], backends: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _missing_peers() -> list[str]:
+    """Peers that cannot be imported, found without importing any (torch alone takes seconds)."""
+    missing = []
+    for name in PEER_INSTALL:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken parent package, or a module without a spec
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
 def _plot(cases: list[_bench.Case], backends: list[str], path: str) -> None:
     import matplotlib
 
@@ -91,10 +115,22 @@ def _bench_command(args: argparse.Namespace) -> int:
             plan = [((max(1, s[0] // 8), *s[1:]), d) for s, d in plan]
     repeats = args.repeats or (3 if args.quick else 7)
     print(f"fastxent bench: backends {', '.join(backends)}; {threads} threads; median of {repeats}", flush=True)
+    missing = [] if args.no_peers else _missing_peers()
+    if missing:
+        hints = "; ".join(PEER_INSTALL[name] for name in missing)
+        print(f"peers skipped, not installed: {', '.join(missing)} ({hints})", flush=True)
     cases: list[_bench.Case] = []
+    start = time.perf_counter()
     for i, (shape, dtype) in enumerate(plan, 1):
-        print(f"[{i}/{len(plan)}] {'x'.join(map(str, shape))} {dtype} ...", file=sys.stderr, flush=True)
-        cases += _bench.measure_case(shape, dtype, backends, repeats, threads, with_peers=not args.no_peers)
+        print(f"[{i}/{len(plan)}] {'x'.join(map(str, shape))} {dtype} ...", end="", file=sys.stderr, flush=True)
+        case_start = time.perf_counter()
+        try:
+            cases += _bench.measure_case(shape, dtype, backends, repeats, threads, with_peers=not args.no_peers)
+        except BaseException:  # Ctrl-C or an error: end the progress line before the traceback
+            print(file=sys.stderr, flush=True)
+            raise
+        now = time.perf_counter()
+        print(f" {now - case_start:.1f} s; {now - start:.1f} s elapsed", file=sys.stderr, flush=True)
     print("GB/s of logits; read = np.sum, copy = np.copyto on the same array; best/bw = best compiled")
     print("backend over read (loss) or copy (loss+grad) bandwidth; 'x NAME' = its speed-up over NAME.")
     print("reduction='none', int64 class-index targets.\n")
@@ -108,9 +144,21 @@ def _bench_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fastxent", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    bench = commands.add_parser("bench", help="measure throughput against memory bandwidth and peers")
+    # Plain text: argparse prints descriptions as they are, so no reST markup here.
+    parser = argparse.ArgumentParser(
+        prog="python -m fastxent",
+        description="fastxent's command line: bench (the main job) measures throughput; info reports the setup.",
+    )
+    parser.add_argument("--version", action="version", version=f"fastxent {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    bench = commands.add_parser(
+        "bench",
+        help="measure throughput against memory bandwidth and peers",
+        description=(
+            "Measure fastxent's cross-entropy loss and loss+grad throughput (GB/s of logits) on generated data, "
+            "against np.sum / np.copyto bandwidth and against torch, jax and tensorflow where installed."
+        ),
+    )
     bench.add_argument("--shapes", type=_parse_shape, nargs="+", help="e.g. 8192x1000 8x21x256x256")
     bench.add_argument("--dtypes", nargs="+", choices=["float32", "float64"])
     bench.add_argument("--backends", nargs="+", choices=list(_dispatch.BACKEND_MODULES))
@@ -120,12 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-peers", action="store_true", help="skip torch / jax / tensorflow")
     bench.add_argument("--json", metavar="FILE", help="write the raw numbers as JSON")
     bench.add_argument("--plot", metavar="FILE.png", help="write a bar chart (needs matplotlib)")
-    commands.add_parser("info", help="versions, CPU features, threads and backends")
+    commands.add_parser(
+        "info",
+        help="versions, CPU features, threads and backends",
+        description="Print versions, CPU features, threads and backends, and why any backend is unavailable.",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     if args.command == "info":
         _config.show_config()
         return 0

@@ -105,17 +105,23 @@ class TestThreads:
         result = run_python("import fastxent; fastxent.get_num_threads()", FASTXENT_NUM_THREADS=bad)
         assert f"FASTXENT_NUM_THREADS must be an integer >= 1; got {bad!r}" in result.stderr.replace('"', "'")
 
-    def test_results_do_not_depend_on_thread_count(self, backend, monkeypatch):
+    # Both compiled backends run serially below 2**15 elements: these shapes are above it.
+    @pytest.mark.parametrize("shape", [(4096, 100), (4, 21, 64, 64)], ids=["2d", "class-axis-1"])
+    def test_results_do_not_depend_on_thread_count(self, backend, shape, monkeypatch):
         rng = np.random.default_rng(0)
-        logits = rng.standard_normal((300, 37)).astype(np.float32)
-        target = rng.integers(0, 37, 300)
+        logits = rng.standard_normal(shape, dtype=np.float32)
+        assert logits.size >= 2**15
+        target = rng.integers(0, shape[1], shape[:1] + shape[2:])
         results = []
         for n in (1, 2, 3):
             monkeypatch.setattr(_dispatch, "_process_threads", n)
-            results.append(fastxent.cross_entropy_and_grad(logits, target, reduction="sum"))
-        for loss, grad in results[1:]:
-            assert loss == results[0][0]
-            np.testing.assert_array_equal(grad, results[0][1])
+            per_row = fastxent.cross_entropy(logits, target, reduction="none")
+            loss, grad = fastxent.cross_entropy_and_grad(logits, target, reduction="sum")
+            results.append((per_row, loss, grad))
+        for per_row, loss, grad in results[1:]:
+            np.testing.assert_array_equal(per_row, results[0][0])
+            assert loss == results[0][1]
+            np.testing.assert_array_equal(grad, results[0][2])
 
 
 def test_show_config_lists_every_backend(capsys):
