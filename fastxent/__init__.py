@@ -5,15 +5,6 @@ labels; get losses, softmax / log-softmax / logsumexp and gradients, each
 computed in one sweep per row by the fastest available backend.
 """
 
-from ._api import (
-    cross_entropy,
-    cross_entropy_and_grad,
-    log_softmax,
-    logsumexp,
-    softmax,
-    softmax_cross_entropy_with_logits,
-    sparse_softmax_cross_entropy_with_logits,
-)
 from ._config import show_config
 from ._dispatch import (
     BackendUnavailableError,
@@ -24,7 +15,10 @@ from ._dispatch import (
     set_num_threads,
     use_backend,
 )
+from ._normalize import log_softmax, logsumexp, softmax
+from ._tf_compat import softmax_cross_entropy_with_logits, sparse_softmax_cross_entropy_with_logits
 from ._version import __version__
+from ._xent import cross_entropy, cross_entropy_and_grad
 
 __all__ = [
     "BackendUnavailableError",

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _api, _dispatch
+from . import _dispatch, _xent
 
 #: (shape, dtype name) of the default benchmark: the issues' table.
 DEFAULT_CASES: tuple[tuple[tuple[int, ...], str], ...] = (
@@ -79,9 +79,9 @@ def make_inputs(shape: tuple[int, ...], dtype: str, seed: int = 0) -> tuple[np.n
 
 def _fastxent_call(operation: str, logits: np.ndarray, target: np.ndarray) -> Callable[[], object]:
     if operation == "loss":
-        return lambda: _api.cross_entropy(logits, target, reduction="none")
+        return lambda: _xent.cross_entropy(logits, target, reduction="none")
     grad_out = np.empty_like(logits)
-    return lambda: _api.cross_entropy_and_grad(logits, target, reduction="none", grad_out=grad_out)
+    return lambda: _xent.cross_entropy_and_grad(logits, target, reduction="none", grad_out=grad_out)
 
 
 def _torch_call(operation: str, logits: np.ndarray, target: np.ndarray, threads: int) -> Callable[[], object] | None:

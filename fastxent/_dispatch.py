@@ -15,6 +15,8 @@ import os
 import threading
 from collections.abc import Iterator
 
+import numpy as np
+
 from ._backends import AUTO_ORDER, AUTO_SMALL_BELOW, AUTO_SMALL_ORDER, BACKEND_MODULES
 from ._backends._interface import Backend
 
@@ -42,6 +44,10 @@ _load_errors: dict[str, str] = {}
 _process_choice: str | None = None
 _context_choice: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastxent_backend", default=None)
 _process_threads: int | None = None
+#: The default thread count, resolved on first use and again after a fork or ``set_num_threads(None)``.
+_default_threads: int | None = None
+#: (choice, small input) -> backend: a choice resolves the same way for the life of the process.
+_resolved: dict[tuple[str, bool], Backend] = {}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -110,15 +116,37 @@ def _resolve(name: str, source: str, size: int | None = None) -> str:
     return name
 
 
-def get_backend(size: int | None = None) -> str:
+def _choice() -> tuple[str, str]:
+    """The backend name in force for this thread (``auto`` included) and where it came from."""
+    chosen = _context_choice.get()
+    if chosen is not None:
+        return chosen, "use_backend"
+    if _process_choice is not None:
+        return _process_choice, "set_backend"
+    return _check_name(_ENV_BACKEND, "FASTXENT_BACKEND"), "FASTXENT_BACKEND"
+
+
+def _size_of(input: object) -> int | None:
+    if input is None:
+        return None
+    if isinstance(input, int | np.integer) and not isinstance(input, bool):
+        return int(input)
+    return int(np.size(input))  # type: ignore[arg-type]
+
+
+def get_backend(input: object = None, *, size: int | None = None) -> str:
     """Name of the backend a call in this thread will use.
+
+    ``auto`` prefers the Cython backend below ``2**20`` elements (no JIT
+    start-up) and Numba from there on, so the answer depends on the input.
 
     Parameters
     ----------
+    input : array_like or int, optional
+        The input of the call (or its number of elements). Without it, the
+        choice for large inputs is returned.
     size : int, optional
-        Number of elements of the call's input. ``auto`` prefers the Cython
-        backend below ``2**20`` elements (no JIT start-up) and Numba above;
-        without ``size``, the choice for large inputs is returned.
+        The number of elements, as a keyword (same as passing an int).
 
     Returns
     -------
@@ -131,19 +159,28 @@ def get_backend(size: int | None = None) -> str:
         If ``FASTXENT_BACKEND`` holds an unknown name.
     BackendUnavailableError
         If the requested backend cannot be used here.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent
+    >>> with fastxent.use_backend("numpy"):
+    ...     fastxent.get_backend(np.zeros((128, 10)))
+    'numpy'
     """
-    chosen = _context_choice.get()
-    if chosen is not None:
-        return _resolve(chosen, "use_backend", size)
-    if _process_choice is not None:
-        return _resolve(_process_choice, "set_backend", size)
-    env_name = _check_name(_ENV_BACKEND, "FASTXENT_BACKEND")
-    return _resolve(env_name, "FASTXENT_BACKEND", size)
+    name, source = _choice()
+    return _resolve(name, source, _size_of(input) if size is None else size)
 
 
-def current_backend(size: int | None = None) -> Backend:
+def current_backend(size: int) -> Backend:
     """The backend object :func:`get_backend` names for an input of ``size`` elements."""
-    return _loaded[get_backend(size)]
+    chosen = _context_choice.get() or _process_choice or _ENV_BACKEND
+    key = (chosen, size < AUTO_SMALL_BELOW)
+    backend = _resolved.get(key)
+    if backend is None:
+        name, source = _choice()
+        backend = _loaded[_resolve(name, source, size)]
+        _resolved[key] = backend
+    return backend
 
 
 def set_backend(name: str) -> None:
@@ -242,26 +279,46 @@ def get_num_threads() -> int:
     :func:`set_num_threads` wins over ``FASTXENT_NUM_THREADS``, which wins over
     the number of CPUs this process may run on (its affinity mask, its cgroup
     CPU quota, and ``OMP_NUM_THREADS`` when that is a positive integer).
-    Values above the number of cores are accepted; each backend uses at most
-    as many threads as it can start (Numba: ``NUMBA_NUM_THREADS``).
+    That last number is worked out once, and again in a forked child and
+    after ``set_num_threads(None)``: call that after changing the affinity or
+    ``OMP_NUM_THREADS`` at run time. Values above the number of cores are
+    accepted; each backend uses at most as many threads as it can start
+    (Numba: ``NUMBA_NUM_THREADS``).
     """
+    global _default_threads
     if _process_threads is not None:
         return _process_threads
-    if _ENV_THREADS:
-        if not _ENV_THREADS.isdigit() or int(_ENV_THREADS) < 1:
-            raise ValueError(f"FASTXENT_NUM_THREADS must be an integer >= 1; got {_ENV_THREADS!r}")
-        return int(_ENV_THREADS)
-    return _usable_cpus()
+    if _default_threads is None:
+        if _ENV_THREADS:
+            if not _ENV_THREADS.isdigit() or int(_ENV_THREADS) < 1:
+                raise ValueError(f"FASTXENT_NUM_THREADS must be an integer >= 1; got {_ENV_THREADS!r}")
+            _default_threads = int(_ENV_THREADS)
+        else:
+            _default_threads = _usable_cpus()
+    return _default_threads
 
 
-def set_num_threads(n: int) -> None:
+def set_num_threads(n: int | None) -> None:
     """Set the number of threads the kernels may use, for the whole process.
 
     Parameters
     ----------
-    n : int
-        At least 1. Results do not depend on it: kernels split work by rows
-        and never reduce across rows.
+    n : int or None
+        At least 1; None goes back to the default of :func:`get_num_threads`,
+        worked out afresh. Results do not depend on it: kernels split work by
+        rows and sum over rows in a fixed order.
     """
-    global _process_threads
+    global _process_threads, _default_threads
+    if n is None:
+        _process_threads = _default_threads = None
+        return
     _process_threads = _check_threads(n, "n")
+
+
+def _forget_default_threads() -> None:
+    global _default_threads
+    _default_threads = None
+
+
+# A forked child may run on other CPUs (a pool pinned per worker, a new cgroup).
+os.register_at_fork(after_in_child=_forget_default_threads)

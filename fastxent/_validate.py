@@ -6,9 +6,8 @@ to a caller's array.
 
 from __future__ import annotations
 
-import math
 import numbers
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -16,8 +15,7 @@ import numpy.typing as npt
 _COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-@dataclass(frozen=True)
-class FloatInput:
+class FloatInput(NamedTuple):
     """A floating array and the dtypes it is computed and returned in."""
 
     array: np.ndarray
@@ -40,19 +38,16 @@ def float_input(value: npt.ArrayLike, name: str) -> FloatInput:
     TypeError
         If the dtype is not a real floating type.
     """
-    array = np.asarray(value)
+    array = value if type(value) is np.ndarray else np.asarray(value)
     dtype = array.dtype
+    if dtype in _COMPUTE_DTYPES:
+        return FloatInput(array, dtype, dtype)
     if dtype.kind == "f" and dtype.itemsize >= 4 and dtype.itemsize <= 8:
         native = dtype.newbyteorder("=")
         return FloatInput(array, native, native)
     if (dtype.kind == "f" and dtype.itemsize == 2) or _is_bfloat16(dtype):
         return FloatInput(array, np.dtype(np.float32), dtype)
     raise TypeError(f"{name} must be a float16, bfloat16, float32 or float64 array; got dtype {dtype}")
-
-
-def canonical(array: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    """A C-contiguous, native-order ``dtype`` view or copy of ``array``, reshaped."""
-    return np.ascontiguousarray(array, dtype=dtype).reshape(shape)
 
 
 def normalize_axis(axis: object, ndim: int, name: str = "axis") -> int:
@@ -75,48 +70,6 @@ def normalize_axes(axis: object, ndim: int) -> tuple[int, ...]:
             raise ValueError(f"axis must not repeat an axis; got {axis!r}")
         return tuple(sorted(axes))
     return (normalize_axis(axis, ndim),)
-
-
-def split_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
-    """``(B, C, K)``: the sizes before, at and after ``axis``."""
-    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :])
-
-
-def check_out(out: object, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """Check a user-given output array: an ndarray of ``shape`` and ``dtype``, writable."""
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray; got {type(out).__name__}")
-    if out.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}; got {out.shape}")
-    if out.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}; got {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError(f"{name} is read-only")
-    return out
-
-
-def direct_output(out: np.ndarray, compute_dtype: np.dtype, inputs: tuple[np.ndarray, ...]) -> bool:
-    """Whether kernels may write straight into ``out``.
-
-    That needs a C-contiguous native array of the compute dtype that either
-    shares no memory with the inputs or is exactly one of them (same start,
-    same layout): kernels read each element before writing it, never after.
-    """
-    if not out.flags.c_contiguous or out.dtype != compute_dtype:
-        return False
-    for array in inputs:
-        if np.may_share_memory(out, array) and not _same_layout(out, array):
-            return False
-    return True
-
-
-def _same_layout(a: np.ndarray, b: np.ndarray) -> bool:
-    return (
-        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-        and a.shape == b.shape
-        and a.strides == b.strides
-        and a.dtype == b.dtype
-    )
 
 
 def real_number(value: object, name: str) -> float:

@@ -42,23 +42,29 @@ def probe(name: str) -> int:
             probs = rng.random((b, c, k)).astype(dtype)
             weight = rng.random(c).astype(dtype) + 0.5
             for params in (LossParams(), LossParams(ignore_index=3, label_smoothing=0.2, softcap=4.0, z_coef=0.1)):
-                for with_grad in (False, True):
+                for with_grad, weights in ((False, weight), (True, weight), (False, None), (True, None)):
                     loss = np.full((b, k), np.nan, dtype)
                     lse = np.full((b, k), np.nan, dtype)
                     grad = np.full((b, c, k), np.nan, dtype) if with_grad else None
-                    scale = np.ones((b, k)) if with_grad else None
-                    backend.cross_entropy_index(x, target.astype(np.int64), weight, params, loss, lse, grad, scale, 2)
+                    # Per-row upstream gradients with weights, one scalar without.
+                    scale = (np.ones((b, k)) if weights is not None else 0.5) if with_grad else None
+                    totals = np.empty(2)
+                    backend.index_target_stats(target.astype(np.int64), weights, c, params.ignore_index)
+                    backend.index_target_stats(target.astype(np.int32), weights, c, params.ignore_index)
+                    backend.cross_entropy_index(
+                        x, target.astype(np.int64), weights, params, loss, lse, grad, scale, totals, 2
+                    )
                     bad = (target < 0) | (target >= c)
                     assert (loss[bad] == 0).all() and (lse[bad] == 0).all(), "an out-of-range target was not ignored"
                     if with_grad:
                         assert (grad.transpose(0, 2, 1)[bad] == 0).all()
                     inplace = x.copy()
                     backend.cross_entropy_index(
-                        inplace, target.astype(np.int32), weight, params, loss, lse, inplace if with_grad else None,
-                        scale, 1,
+                        inplace, target.astype(np.int32), weights, params, loss, lse, inplace if with_grad else None,
+                        scale, None, 1,
                     )  # fmt: skip
                     if c:
-                        backend.cross_entropy_probs(x, probs, weight, params, loss, lse, grad, scale, 2)
+                        backend.cross_entropy_probs(x, probs, weights, params, loss, lse, grad, scale, totals, 2)
                     calls += 3
             out = np.empty_like(x)
             backend.softmax(x, out, 2)

@@ -5,7 +5,10 @@ float32 or float64, where ``C`` is the class axis, ``B`` the product of the
 axes before it and ``K`` the product of the axes after it (``K == 1`` when the
 class axis is last). Outputs are preallocated by the caller in the logits'
 dtype. A kernel validates nothing and allocates nothing of the input's size;
-the ``_api`` layer has checked every argument before the call.
+the API layer has checked every argument before the call.
+
+Reductions over rows (``totals``) are summed in a fixed order after every row
+is computed, so no result depends on the thread count.
 
 Row ``(b, k)`` means the ``C`` values ``logits[b, :, k]``.
 """
@@ -47,6 +50,36 @@ class LossParams:
     z_coef: float = 0.0
 
 
+#: The options of a call that sets none: shared, since building one costs a microsecond.
+DEFAULT_PARAMS = LossParams()
+
+
+def fill_totals(loss: FloatArray, lse: FloatArray, totals: FloatArray | None) -> None:
+    """Write ``totals`` as :meth:`Backend.cross_entropy_index` defines it, for backends that do not fuse it."""
+    if totals is not None:
+        totals[0] = np.sum(loss, dtype=np.float64)
+        totals[1] = np.sum(np.square(lse, dtype=np.float64))
+
+
+def row_scale(grad_scale: FloatArray | float, shape: tuple[int, int]) -> FloatArray:
+    """``grad_scale`` as a float64 array of ``shape`` (B, K)."""
+    if isinstance(grad_scale, np.ndarray):
+        return grad_scale
+    return np.full(shape, grad_scale)
+
+
+def index_target_stats(
+    target: IntArray, weight: FloatArray | None, n_classes: int, ignore_index: int
+) -> tuple[int, float, int]:
+    """:meth:`Backend.index_target_stats` in NumPy."""
+    in_range = (target >= 0) & (target < n_classes)
+    ignored = target == ignore_index
+    valid = in_range & ~ignored
+    count = int(np.count_nonzero(valid))
+    weight_sum = float(count) if weight is None else float(np.sum(weight.astype(np.float64)[target[valid]]))
+    return count, weight_sum, int(np.count_nonzero(~in_range & ~ignored))
+
+
 class Backend(Protocol):
     """Kernels on canonical arrays; see the module docstring for the layout."""
 
@@ -64,16 +97,33 @@ class Backend(Protocol):
         """Write the log-softmax over axis 1 of ``x`` into ``out``; ``out`` may be ``x``."""
         ...
 
+    def index_target_stats(
+        self, target: IntArray, weight: FloatArray | None, n_classes: int, ignore_index: int
+    ) -> tuple[int, float, int]:
+        """Summarise class-index targets before a kernel runs.
+
+        Returns
+        -------
+        valid : int
+            Targets in ``[0, n_classes)`` and not ``ignore_index``.
+        weight_sum : float
+            ``sum(weight[t])`` over the valid targets ``t`` (``valid`` without weights).
+        out_of_range : int
+            Targets outside ``[0, n_classes)`` that are not ``ignore_index``.
+        """
+        ...
+
     def cross_entropy_index(
         self,
         logits: FloatArray,
         target: IntArray,
-        weight: FloatArray,
+        weight: FloatArray | None,
         params: LossParams,
         loss: FloatArray,
         lse: FloatArray,
         grad: FloatArray | None,
-        grad_scale: FloatArray | None,
+        grad_scale: FloatArray | float | None,
+        totals: FloatArray | None,
         n_threads: int,
     ) -> None:
         """Cross-entropy with class-index targets, optionally with its gradient.
@@ -85,8 +135,8 @@ class Backend(Protocol):
             Class indices. A row whose target is ``params.ignore_index`` or
             outside ``[0, C)`` is ignored (the API has already rejected the
             latter; the kernel still never reads outside the row).
-        weight : array of shape (C,)
-            Per-class weights (ones when the user gave none).
+        weight : array of shape (C,) or None
+            Per-class weights; None means every weight is 1.
         loss : array of shape (B, K), OUT
             ``(1 - eps) * w[y] * (lse - x[y]) + eps / C * sum_c w[c] * (lse - x[c])``.
         lse : array of shape (B, K), OUT
@@ -94,8 +144,12 @@ class Backend(Protocol):
         grad : array of shape (B, C, K) or None, OUT
             ``grad_scale[row] * d(loss[row] + z_coef * lse[row]**2) / d logits[row]``.
             May be ``logits`` itself (in-place gradient).
-        grad_scale : float64 array of shape (B, K) or None
-            Upstream gradient of each row; given exactly when ``grad`` is.
+        grad_scale : float64 array of shape (B, K), float, or None
+            Upstream gradient of each row, or one value for every row; given
+            exactly when ``grad`` is.
+        totals : float64 array of shape (2,) or None, OUT
+            ``(sum of loss, sum of lse**2)`` over all rows, summed in row order
+            after the rows are computed.
         """
         ...
 
@@ -103,12 +157,13 @@ class Backend(Protocol):
         self,
         logits: FloatArray,
         target: FloatArray,
-        weight: FloatArray,
+        weight: FloatArray | None,
         params: LossParams,
         loss: FloatArray,
         lse: FloatArray,
         grad: FloatArray | None,
-        grad_scale: FloatArray | None,
+        grad_scale: FloatArray | float | None,
+        totals: FloatArray | None,
         n_threads: int,
     ) -> None:
         """Cross-entropy with class-probability targets, optionally with its gradient.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._interface import FloatArray, IntArray, LossParams
+from ._interface import FloatArray, IntArray, LossParams, fill_totals, index_target_stats, row_scale
 
 
 def _row_max(x: FloatArray) -> FloatArray:
@@ -53,6 +53,7 @@ class NumpyBackend:
     """Reference kernels; see :class:`fastxent._backends._interface.Backend`."""
 
     name = "numpy"
+    index_target_stats = staticmethod(index_target_stats)
 
     def logsumexp(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
         with np.errstate(all="ignore"):
@@ -74,15 +75,18 @@ class NumpyBackend:
         self,
         logits: FloatArray,
         target: IntArray,
-        weight: FloatArray,
+        weight: FloatArray | None,
         params: LossParams,
         loss: FloatArray,
         lse: FloatArray,
         grad: FloatArray | None,
-        grad_scale: FloatArray | None,
+        grad_scale: FloatArray | float | None,
+        totals: FloatArray | None,
         n_threads: int,
     ) -> None:
         n_classes = logits.shape[1]
+        if weight is None:
+            weight = np.ones(n_classes, dtype=logits.dtype)
         # With no classes every target is ignored; smoothing has nothing to spread over.
         eps = params.label_smoothing if n_classes else 0.0
         valid = (target != params.ignore_index) & (target >= 0) & (target < n_classes)
@@ -103,6 +107,7 @@ class NumpyBackend:
                 row_loss = row_loss + eps / n_classes * -np.sum(w_col * log_probs, axis=1)
             loss[...] = np.where(valid, row_loss, 0)
             lse[...] = np.where(valid, row_lse, 0)
+            fill_totals(loss, lse, totals)
             if grad is None or grad_scale is None:
                 return
             probs = np.exp(log_probs)
@@ -118,7 +123,7 @@ class NumpyBackend:
                 np.put_along_axis(g, safe_target, at_target, axis=1)
             if eps > 0:
                 g = g - eps / n_classes * w_col
-            g = g * grad_scale[:, None, :]
+            g = g * row_scale(grad_scale, loss.shape)[:, None, :]
             if params.softcap != 0:
                 g = g * _softcap_slope(logits, params.softcap)
             grad[...] = np.where(valid[:, None, :], g, 0)
@@ -127,15 +132,18 @@ class NumpyBackend:
         self,
         logits: FloatArray,
         target: FloatArray,
-        weight: FloatArray,
+        weight: FloatArray | None,
         params: LossParams,
         loss: FloatArray,
         lse: FloatArray,
         grad: FloatArray | None,
-        grad_scale: FloatArray | None,
+        grad_scale: FloatArray | float | None,
+        totals: FloatArray | None,
         n_threads: int,
     ) -> None:
         n_classes = logits.shape[1]
+        if weight is None:
+            weight = np.ones(n_classes, dtype=logits.dtype)
         eps = params.label_smoothing if n_classes else 0.0
         with np.errstate(all="ignore"):
             x = _apply_softcap(logits, params.softcap)
@@ -144,13 +152,14 @@ class NumpyBackend:
             weighted_target = smoothed * weight[None, :, None]
             loss[...] = -np.sum(log_probs * weighted_target, axis=1)
             lse[...] = row_lse
+            fill_totals(loss, lse, totals)
             if grad is None or grad_scale is None:
                 return
             coef = np.sum(weighted_target, axis=1)
             if params.z_coef != 0:
                 coef = coef + 2 * params.z_coef * row_lse
             g = np.exp(log_probs) * coef[:, None, :] - weighted_target
-            g = g * grad_scale[:, None, :]
+            g = g * row_scale(grad_scale, loss.shape)[:, None, :]
             if params.softcap != 0:
                 g = g * _softcap_slope(logits, params.softcap)
             grad[...] = g

@@ -13,6 +13,7 @@ Soft-capped rows are first written capped into scratch, then run through
 the same primitives; the gradient is multiplied by the cap's slope.
 """
 
+cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, exp, isnan, log, tanh
 from libc.stdint cimport int32_t, int64_t
@@ -20,6 +21,8 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 import os
+
+cnp.import_array()
 
 cdef extern from "fx_simd.h" nogil:
     ctypedef struct fx_table_f32:
@@ -188,7 +191,8 @@ cdef void xent_index_row(const real *x, real *g, Py_ssize_t n, Py_ssize_t y, con
         cap_into(x, scratch, n, cap)
         z = scratch
     x_y = z[y]
-    w_y = weight[y]
+    # No weights (NULL) means unit weights; smoothing always gets an array.
+    w_y = 1.0 if weight == NULL else weight[y]
     if eps > 0:
         for i in range(n):
             weighted += <double>weight[i] * <double>z[i]
@@ -260,10 +264,14 @@ cdef struct TileScratch:
     double *extra      # per-position float64 sums
     double *extra2
     void *capped       # (2, C, width): capped copy and its slopes, only with a softcap
+    double *gfill      # width copies of a scalar upstream gradient, only for a scalar grad_scale
+    bint ok            # every allocation succeeded
 
 
-cdef TileScratch new_scratch(Py_ssize_t width, Py_ssize_t n_classes, Py_ssize_t itemsize, bint with_cap) noexcept nogil:
+cdef TileScratch new_scratch(Py_ssize_t width, Py_ssize_t n_classes, Py_ssize_t itemsize, bint with_cap,
+                             bint scalar_grad, double gs_scalar) noexcept nogil:
     cdef TileScratch s
+    cdef Py_ssize_t k
     s.shift = malloc(width * itemsize)
     s.total = <double *>malloc(width * sizeof(double))
     s.scale = malloc(width * itemsize)
@@ -271,6 +279,12 @@ cdef TileScratch new_scratch(Py_ssize_t width, Py_ssize_t n_classes, Py_ssize_t 
     s.extra = <double *>malloc(width * sizeof(double))
     s.extra2 = <double *>malloc(width * sizeof(double))
     s.capped = malloc(2 * n_classes * width * itemsize) if with_cap else NULL
+    s.gfill = <double *>malloc(width * sizeof(double)) if scalar_grad else NULL
+    s.ok = (s.shift != NULL and s.total != NULL and s.scale != NULL and s.smooth != NULL and s.extra != NULL
+            and s.extra2 != NULL and (s.capped != NULL or not with_cap) and (s.gfill != NULL or not scalar_grad))
+    if s.gfill != NULL:
+        for k in range(width):
+            s.gfill[k] = gs_scalar
     return s
 
 
@@ -282,6 +296,7 @@ cdef void free_scratch(TileScratch s) noexcept nogil:
     free(s.extra)
     free(s.extra2)
     free(s.capped)
+    free(s.gfill)
 
 
 cdef const real *capped_tile(const real *xb, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w, double cap,
@@ -419,7 +434,7 @@ cdef void xent_probs_tile(const real *xb, const real *tb, real *gb, Py_ssize_t n
 # ---------------------------------------------------------------- units of work
 # Each processes one row (K == 1) or one tile (K > 1) given raw pointers; the
 # drivers below run them in a plain loop on one thread (never entering OpenMP)
-# or in a prange.
+# or in a prange. Each returns 1 when its scratch could not be allocated.
 
 cdef inline void lse_unit(const real *x, real *out, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w,
                           TileScratch s) noexcept nogil:
@@ -464,29 +479,35 @@ cdef inline void softmax_unit(const real *x, real *out, Py_ssize_t n_classes, Py
         tile_scale(x, out, n_classes, stride, w, shifts, scales, <real *>s.smooth, NULL)
 
 
-# ---------------------------------------------------------------- drivers
-
 cdef struct Layout:
     Py_ssize_t n_classes   # C
     Py_ssize_t stride      # K: 1 for rows, else the distance between classes
     Py_ssize_t width       # positions per tile (1 for rows)
     Py_ssize_t tiles       # tiles per leading index b
     Py_ssize_t units       # rows or tiles in all
+    Py_ssize_t itemsize
 
 
-cdef Layout layout_of(Py_ssize_t n_rows, Py_ssize_t n_classes, Py_ssize_t n_positions, Py_ssize_t itemsize):
+cdef Layout layout_of(cnp.ndarray x):
     cdef Layout L
-    L.n_classes = n_classes
-    L.stride = n_positions
-    L.width = tile_width(n_classes, n_positions, itemsize) if n_positions > 1 else 1
-    L.tiles = (n_positions + L.width - 1) // L.width
-    L.units = n_rows * L.tiles
+    L.n_classes = x.shape[1]
+    L.stride = x.shape[2]
+    L.itemsize = cnp.PyArray_ITEMSIZE(x)
+    L.width = tile_width(L.n_classes, L.stride, L.itemsize) if L.stride > 1 else 1
+    L.tiles = (L.stride + L.width - 1) // L.width
+    L.units = x.shape[0] * L.tiles
     return L
 
 
 cdef inline Py_ssize_t locate(Layout L, Py_ssize_t unit, Py_ssize_t *position, Py_ssize_t *w) noexcept nogil:
     """Offset of ``unit``'s first logit; writes its first output ``position`` and width ``w``."""
-    cdef Py_ssize_t b = unit // L.tiles, k0 = (unit % L.tiles) * L.width
+    cdef Py_ssize_t b, k0
+    if L.stride == 1:
+        position[0] = unit
+        w[0] = 1
+        return unit * L.n_classes
+    b = unit // L.tiles
+    k0 = (unit % L.tiles) * L.width
     position[0] = b * L.stride + k0
     w[0] = min(L.width, L.stride - k0)
     return b * L.n_classes * L.stride + k0
@@ -497,52 +518,55 @@ cdef inline Py_ssize_t first_unit(Layout L, int part, int parts) noexcept nogil:
     return L.units * part // parts
 
 
-cdef void lse_units(Layout L, const real *x, real *out, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
-    cdef TileScratch s = new_scratch(L.width, L.n_classes, sizeof(real), False)
+cdef int lse_units(Layout L, const real *x, real *out, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    cdef TileScratch s = new_scratch(L.width, L.n_classes, sizeof(real), False, False, 0)
     cdef Py_ssize_t unit, offset, position, w
-    for unit in range(first, last):
-        offset = locate(L, unit, &position, &w)
-        lse_unit(x + offset, out + position, L.n_classes, L.stride, w, s)
+    if s.ok:
+        for unit in range(first, last):
+            offset = locate(L, unit, &position, &w)
+            lse_unit(x + offset, out + position, L.n_classes, L.stride, w, s)
     free_scratch(s)
+    return not s.ok
 
 
-def logsumexp(const real[:, :, ::1] x, real[:, ::1] out, int n_threads):
-    """``out (B, K) = log(sum(exp(x), axis=1))``."""
-    cdef Layout L = layout_of(x.shape[0], x.shape[1], x.shape[2], sizeof(real))
-    cdef int threads = threads_for(x.size, n_threads), part
-    cdef const real *base
-    if L.units == 0:
-        return
-    base = &x[0, 0, 0] if L.n_classes else <const real *>&out[0, 0]
+cdef int lse_run(Layout L, const real *x, real *out, int threads) noexcept nogil:
+    cdef int part, failed = 0
     if threads == 1:
-        lse_units(L, base, &out[0, 0], 0, L.units)
-        return
-    for part in prange(threads, nogil=True, schedule="static", num_threads=threads):
-        lse_units(L, base, &out[0, 0], first_unit(L, part, threads), first_unit(L, part + 1, threads))
+        return lse_units(L, x, out, 0, L.units)
+    for part in prange(threads, schedule="static", num_threads=threads):
+        failed += lse_units(L, x, out, first_unit(L, part, threads), first_unit(L, part + 1, threads))
+    return failed
 
 
-cdef void softmax_units(Layout L, const real *x, real *out, bint log_space, Py_ssize_t first,
-                        Py_ssize_t last) noexcept nogil:
-    cdef TileScratch s = new_scratch(L.width, L.n_classes, sizeof(real), False)
+cdef int softmax_units(Layout L, const real *x, real *out, bint log_space, Py_ssize_t first,
+                       Py_ssize_t last) noexcept nogil:
+    cdef TileScratch s = new_scratch(L.width, L.n_classes, sizeof(real), False, False, 0)
     cdef Py_ssize_t unit, offset, position, w
-    for unit in range(first, last):
-        offset = locate(L, unit, &position, &w)
-        softmax_unit(x + offset, out + offset, L.n_classes, L.stride, w, log_space, s)
+    if s.ok:
+        for unit in range(first, last):
+            offset = locate(L, unit, &position, &w)
+            softmax_unit(x + offset, out + offset, L.n_classes, L.stride, w, log_space, s)
     free_scratch(s)
+    return not s.ok
 
 
-def softmax(const real[:, :, ::1] x, real[:, :, ::1] out, bint log_space, int n_threads):
-    """Softmax (or log-softmax) over axis 1 of ``x (B, C, K)``; ``out`` may be ``x``."""
-    cdef Layout L = layout_of(x.shape[0], x.shape[1], x.shape[2], sizeof(real))
-    cdef int threads = threads_for(x.size, n_threads), part
-    if x.size == 0:
-        return
+cdef int softmax_run(Layout L, const real *x, real *out, bint log_space, int threads) noexcept nogil:
+    cdef int part, failed = 0
     if threads == 1:
-        softmax_units(L, &x[0, 0, 0], &out[0, 0, 0], log_space, 0, L.units)
-        return
-    for part in prange(threads, nogil=True, schedule="static", num_threads=threads):
-        softmax_units(L, &x[0, 0, 0], &out[0, 0, 0], log_space, first_unit(L, part, threads),
-                      first_unit(L, part + 1, threads))
+        return softmax_units(L, x, out, log_space, 0, L.units)
+    for part in prange(threads, schedule="static", num_threads=threads):
+        failed += softmax_units(L, x, out, log_space, first_unit(L, part, threads), first_unit(L, part + 1, threads))
+    return failed
+
+
+cdef struct LossArgs:
+    double weight_sum
+    long long ignore_index
+    double eps
+    double cap
+    double z_coef
+    bint with_grad
+    double gs_scalar       # the upstream gradient of every row when there is no per-row array
 
 
 cdef inline void xent_index_unit(const real *x, real *g, const index_t *y, Py_ssize_t n_classes, Py_ssize_t stride,
@@ -565,56 +589,32 @@ cdef inline void xent_index_unit(const real *x, real *g, const index_t *y, Py_ss
                    gs[0] if with_grad else 0.0, with_grad, <real *>s.capped)
 
 
-cdef struct LossArgs:
-    double weight_sum
-    long long ignore_index
-    double eps
-    double cap
-    double z_coef
-    bint with_grad
-
-
-cdef void xent_index_units(Layout L, LossArgs a, const real *x, real *g, const index_t *y, const real *weight,
-                           real *loss, real *lse, const double *gs, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+cdef int xent_index_units(Layout L, LossArgs a, const real *x, real *g, const index_t *y, const real *weight,
+                          real *loss, real *lse, const double *gs, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
     # Rows need a capped copy of one row (width 1), tiles one of the tile.
-    cdef TileScratch s = new_scratch(L.width, L.n_classes, sizeof(real), a.cap != 0)
+    cdef TileScratch s = new_scratch(L.width, L.n_classes, sizeof(real), a.cap != 0,
+                                     a.with_grad and gs == NULL, a.gs_scalar)
     cdef Py_ssize_t unit, offset, position, w
-    for unit in range(first, last):
-        offset = locate(L, unit, &position, &w)
-        xent_index_unit(x + offset, g + offset if a.with_grad else NULL, y + position, L.n_classes, L.stride, w,
-                        weight, a.weight_sum, a.ignore_index, a.eps, a.cap, a.z_coef, loss + position,
-                        lse + position, gs + position if a.with_grad else NULL, a.with_grad, s)
+    if s.ok:
+        for unit in range(first, last):
+            offset = locate(L, unit, &position, &w)
+            xent_index_unit(x + offset, g + offset if a.with_grad else NULL, y + position, L.n_classes, L.stride, w,
+                            weight, a.weight_sum, a.ignore_index, a.eps, a.cap, a.z_coef, loss + position,
+                            lse + position, (gs + position if gs != NULL else s.gfill) if a.with_grad else NULL,
+                            a.with_grad, s)
     free_scratch(s)
+    return not s.ok
 
 
-def cross_entropy_index(const real[:, :, ::1] x, const index_t[:, ::1] target, const real[::1] weight,
-                        long long ignore_index, double eps, double cap, double z_coef, real[:, ::1] loss,
-                        real[:, ::1] lse, real[:, :, ::1] grad, const double[:, ::1] gscale, bint with_grad,
-                        int n_threads):
-    """Cross-entropy with class indices; see the backend interface for the values."""
-    cdef Layout L = layout_of(x.shape[0], x.shape[1], x.shape[2], sizeof(real))
-    cdef int threads = threads_for(x.size, n_threads), part
-    cdef LossArgs a
-    cdef Py_ssize_t c
-    cdef const real *base
-    cdef real *grad_base
-    cdef const real *weights
-    if L.units == 0:
-        return
-    a.weight_sum = 0
-    for c in range(L.n_classes):
-        a.weight_sum += weight[c]
-    a.ignore_index, a.eps, a.cap, a.z_coef, a.with_grad = ignore_index, eps, cap, z_coef, with_grad
-    base = &x[0, 0, 0] if L.n_classes else NULL
-    grad_base = &grad[0, 0, 0] if (with_grad and L.n_classes) else NULL
-    weights = &weight[0] if L.n_classes else NULL
+cdef int xent_index_run(Layout L, LossArgs a, const real *x, real *g, const index_t *y, const real *weight,
+                        real *loss, real *lse, const double *gs, int threads) noexcept nogil:
+    cdef int part, failed = 0
     if threads == 1:
-        xent_index_units(L, a, base, grad_base, &target[0, 0], weights, &loss[0, 0], &lse[0, 0], &gscale[0, 0],
-                         0, L.units)
-        return
-    for part in prange(threads, nogil=True, schedule="static", num_threads=threads):
-        xent_index_units(L, a, base, grad_base, &target[0, 0], weights, &loss[0, 0], &lse[0, 0], &gscale[0, 0],
-                         first_unit(L, part, threads), first_unit(L, part + 1, threads))
+        return xent_index_units(L, a, x, g, y, weight, loss, lse, gs, 0, L.units)
+    for part in prange(threads, schedule="static", num_threads=threads):
+        failed += xent_index_units(L, a, x, g, y, weight, loss, lse, gs, first_unit(L, part, threads),
+                                   first_unit(L, part + 1, threads))
+    return failed
 
 
 cdef inline void xent_probs_unit(const real *x, const real *t, real *g, Py_ssize_t n_classes, Py_ssize_t stride,
@@ -627,42 +627,218 @@ cdef inline void xent_probs_unit(const real *x, const real *t, real *g, Py_ssize
                        with_grad, <real *>s.capped)
 
 
-cdef void xent_probs_units(Layout L, LossArgs a, const real *x, const real *t, real *g, const real *weight,
-                           real *loss, real *lse, const double *gs, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
-    cdef TileScratch s = new_scratch(L.width, L.n_classes, sizeof(real), a.cap != 0)
+cdef int xent_probs_units(Layout L, LossArgs a, const real *x, const real *t, real *g, const real *weight,
+                          real *loss, real *lse, const double *gs, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    cdef TileScratch s = new_scratch(L.width, L.n_classes, sizeof(real), a.cap != 0,
+                                     a.with_grad and gs == NULL, a.gs_scalar)
     cdef Py_ssize_t unit, offset, position, w
-    for unit in range(first, last):
-        offset = locate(L, unit, &position, &w)
-        xent_probs_unit(x + offset, t + offset, g + offset if a.with_grad else NULL, L.n_classes, L.stride, w,
-                        weight, a.eps, a.cap, a.z_coef, loss + position, lse + position,
-                        gs + position if a.with_grad else NULL, a.with_grad, s)
+    if s.ok:
+        for unit in range(first, last):
+            offset = locate(L, unit, &position, &w)
+            xent_probs_unit(x + offset, t + offset, g + offset if a.with_grad else NULL, L.n_classes, L.stride, w,
+                            weight, a.eps, a.cap, a.z_coef, loss + position, lse + position,
+                            (gs + position if gs != NULL else s.gfill) if a.with_grad else NULL, a.with_grad, s)
     free_scratch(s)
+    return not s.ok
 
 
-def cross_entropy_probs(const real[:, :, ::1] x, const real[:, :, ::1] target, const real[::1] weight, double eps,
-                        double cap, double z_coef, real[:, ::1] loss, real[:, ::1] lse, real[:, :, ::1] grad,
-                        const double[:, ::1] gscale, bint with_grad, int n_threads):
-    """Cross-entropy with class probabilities; see the backend interface for the values."""
-    cdef Layout L = layout_of(x.shape[0], x.shape[1], x.shape[2], sizeof(real))
-    cdef int threads = threads_for(x.size, n_threads), part
-    cdef LossArgs a
-    cdef Py_ssize_t b, k
-    cdef real *grad_base
+cdef int xent_probs_run(Layout L, LossArgs a, const real *x, const real *t, real *g, const real *weight,
+                        real *loss, real *lse, const double *gs, int threads) noexcept nogil:
+    cdef int part, failed = 0
+    if threads == 1:
+        return xent_probs_units(L, a, x, t, g, weight, loss, lse, gs, 0, L.units)
+    for part in prange(threads, schedule="static", num_threads=threads):
+        failed += xent_probs_units(L, a, x, t, g, weight, loss, lse, gs, first_unit(L, part, threads),
+                                   first_unit(L, part + 1, threads))
+    return failed
+
+
+cdef void row_totals(const real *loss, const real *lse, Py_ssize_t n, double *totals) noexcept nogil:
+    """``totals = (sum of loss, sum of lse**2)`` over ``n`` rows, in row order (thread-count independent)."""
+    cdef double loss_sum = 0, square_sum = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        loss_sum += loss[i]
+        square_sum += <double>lse[i] * <double>lse[i]
+    totals[0] = loss_sum
+    totals[1] = square_sum
+
+
+# ---------------------------------------------------------------- entry points
+# One def per operation; the dtype is dispatched in C on the arrays' item
+# sizes (the API hands over native float32/float64 and int32/int64 only), so
+# a call pays no fused-signature matching and no memoryview acquisition.
+
+cdef inline void *data(object array) noexcept:
+    return cnp.PyArray_DATA(<cnp.ndarray>array)
+
+
+cdef inline bint single(object array) noexcept:
+    return cnp.PyArray_ITEMSIZE(<cnp.ndarray>array) == 4
+
+
+cdef inline int check(int failed) except -1:
+    if failed:
+        raise MemoryError("fastxent: could not allocate a kernel's scratch memory")
+    return 0
+
+
+def logsumexp(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads):
+    """``out (B, K) = log(sum(exp(x), axis=1))``."""
+    cdef Layout L = layout_of(x)
+    cdef int threads = threads_for(cnp.PyArray_SIZE(x), n_threads)
     if L.units == 0:
         return
+    if single(x):
+        check(lse_run(L, <const float *>data(x), <float *>data(out), threads))
+    else:
+        check(lse_run(L, <const double *>data(x), <double *>data(out), threads))
+
+
+def softmax(cnp.ndarray x not None, cnp.ndarray out not None, bint log_space, int n_threads):
+    """Softmax (or log-softmax) over axis 1 of ``x (B, C, K)``; ``out`` may be ``x``."""
+    cdef Layout L = layout_of(x)
+    cdef int threads = threads_for(cnp.PyArray_SIZE(x), n_threads)
+    if cnp.PyArray_SIZE(x) == 0:
+        return
+    if single(x):
+        check(softmax_run(L, <const float *>data(x), <float *>data(out), log_space, threads))
+    else:
+        check(softmax_run(L, <const double *>data(x), <double *>data(out), log_space, threads))
+
+
+cdef LossArgs loss_args(Layout L, object params, object grad, object grad_scale, bint index):
+    cdef LossArgs a
+    a.weight_sum = 0
+    a.ignore_index = params.ignore_index if index else 0
+    a.eps = params.label_smoothing
+    a.cap = params.softcap
+    a.z_coef = params.z_coef
+    a.with_grad = grad is not None
+    a.gs_scalar = 0 if grad_scale is None or isinstance(grad_scale, cnp.ndarray) else grad_scale
+    return a
+
+
+cdef void *unit_weights(Layout L, object weight, bint needed) noexcept:
+    """A malloc'ed array of ones when there are no weights but the kernel reads them (else NULL)."""
+    cdef void *ones
+    cdef Py_ssize_t c
+    if weight is not None or not needed:
+        return NULL
+    ones = malloc(max(1, L.n_classes) * L.itemsize)
+    if ones != NULL:
+        for c in range(L.n_classes):
+            if L.itemsize == 4:
+                (<float *>ones)[c] = 1
+            else:
+                (<double *>ones)[c] = 1
+    return ones
+
+
+def cross_entropy_index(cnp.ndarray x not None, cnp.ndarray target not None, object weight, object params,
+                        cnp.ndarray loss not None, cnp.ndarray lse not None, object grad, object grad_scale,
+                        object totals, int n_threads):
+    """Cross-entropy with class indices; see the backend interface for the arguments."""
+    cdef Layout L = layout_of(x)
+    cdef int threads = threads_for(cnp.PyArray_SIZE(x), n_threads), failed = 0
+    cdef LossArgs a = loss_args(L, params, grad, grad_scale, True)
+    cdef Py_ssize_t c, rows = cnp.PyArray_SIZE(loss)
+    # Rows without smoothing read only w[y]; tiles and smoothing read the whole weight array.
+    cdef void *ones = unit_weights(L, weight, a.eps > 0 or L.stride > 1)
+    cdef void *w = ones if ones != NULL else (NULL if weight is None else data(weight))
+    cdef void *g = NULL if grad is None else data(grad)
+    cdef const double *gs = <const double *>data(grad_scale) if isinstance(grad_scale, cnp.ndarray) else NULL
+    cdef const void *xp = data(x)
+    cdef const void *yp = data(target)
+    cdef void *lp = data(loss)
+    cdef void *sp = data(lse)
+    if w == NULL and weight is None and (a.eps > 0 or L.stride > 1) and L.n_classes:
+        raise MemoryError("fastxent: could not allocate unit weights")
+    if w != NULL:
+        for c in range(L.n_classes):
+            a.weight_sum += (<float *>w)[c] if L.itemsize == 4 else (<double *>w)[c]
+    else:
+        a.weight_sum = L.n_classes
+    if L.units:
+        if L.itemsize == 4 and cnp.PyArray_ITEMSIZE(target) == 8:
+            failed = xent_index_run(L, a, <const float *>xp, <float *>g, <const int64_t *>yp, <const float *>w,
+                                    <float *>lp, <float *>sp, gs, threads)
+        elif L.itemsize == 4:
+            failed = xent_index_run(L, a, <const float *>xp, <float *>g, <const int32_t *>yp, <const float *>w,
+                                    <float *>lp, <float *>sp, gs, threads)
+        elif cnp.PyArray_ITEMSIZE(target) == 8:
+            failed = xent_index_run(L, a, <const double *>xp, <double *>g, <const int64_t *>yp, <const double *>w,
+                                    <double *>lp, <double *>sp, gs, threads)
+        else:
+            failed = xent_index_run(L, a, <const double *>xp, <double *>g, <const int32_t *>yp, <const double *>w,
+                                    <double *>lp, <double *>sp, gs, threads)
+    free(ones)
+    check(failed)
+    if totals is not None:
+        if L.itemsize == 4:
+            row_totals(<const float *>lp, <const float *>sp, rows, <double *>data(totals))
+        else:
+            row_totals(<const double *>lp, <const double *>sp, rows, <double *>data(totals))
+
+
+def cross_entropy_probs(cnp.ndarray x not None, cnp.ndarray target not None, object weight, object params,
+                        cnp.ndarray loss not None, cnp.ndarray lse not None, object grad, object grad_scale,
+                        object totals, int n_threads):
+    """Cross-entropy with class probabilities; see the backend interface for the arguments."""
+    cdef Layout L = layout_of(x)
+    cdef int threads = threads_for(cnp.PyArray_SIZE(x), n_threads), failed = 0
+    cdef LossArgs a = loss_args(L, params, grad, grad_scale, False)
+    cdef Py_ssize_t b, rows = cnp.PyArray_SIZE(loss)
+    cdef void *ones = unit_weights(L, weight, True)
+    cdef void *w = ones if ones != NULL else data(weight)
+    cdef void *g = NULL if grad is None else data(grad)
+    cdef const double *gs = <const double *>data(grad_scale) if isinstance(grad_scale, cnp.ndarray) else NULL
+    cdef void *lp = data(loss)
+    cdef void *sp = data(lse)
+    if weight is None and ones == NULL:
+        raise MemoryError("fastxent: could not allocate unit weights")
     if L.n_classes == 0:
         # No classes: every loss is an empty sum.
-        for b in range(x.shape[0]):
-            for k in range(x.shape[2]):
-                loss[b, k] = 0
-                lse[b, k] = -INFINITY
-        return
-    a.weight_sum, a.ignore_index, a.eps, a.cap, a.z_coef, a.with_grad = 0, 0, eps, cap, z_coef, with_grad
-    grad_base = &grad[0, 0, 0] if with_grad else NULL
-    if threads == 1:
-        xent_probs_units(L, a, &x[0, 0, 0], &target[0, 0, 0], grad_base, &weight[0], &loss[0, 0], &lse[0, 0],
-                         &gscale[0, 0], 0, L.units)
-        return
-    for part in prange(threads, nogil=True, schedule="static", num_threads=threads):
-        xent_probs_units(L, a, &x[0, 0, 0], &target[0, 0, 0], grad_base, &weight[0], &loss[0, 0], &lse[0, 0],
-                         &gscale[0, 0], first_unit(L, part, threads), first_unit(L, part + 1, threads))
+        for b in range(rows):
+            if L.itemsize == 4:
+                (<float *>lp)[b] = 0
+                (<float *>sp)[b] = -INFINITY
+            else:
+                (<double *>lp)[b] = 0
+                (<double *>sp)[b] = -INFINITY
+    elif L.units:
+        if L.itemsize == 4:
+            failed = xent_probs_run(L, a, <const float *>data(x), <const float *>data(target), <float *>g,
+                                    <const float *>w, <float *>lp, <float *>sp, gs, threads)
+        else:
+            failed = xent_probs_run(L, a, <const double *>data(x), <const double *>data(target), <double *>g,
+                                    <const double *>w, <double *>lp, <double *>sp, gs, threads)
+    free(ones)
+    check(failed)
+    if totals is not None:
+        if L.itemsize == 4:
+            row_totals(<const float *>lp, <const float *>sp, rows, <double *>data(totals))
+        else:
+            row_totals(<const double *>lp, <const double *>sp, rows, <double *>data(totals))
+
+
+def index_target_stats(cnp.ndarray target not None, object weight, Py_ssize_t n_classes, long long ignore_index):
+    """``(valid rows, summed weight of their targets, targets out of range)`` of class indices (B, K)."""
+    cdef Py_ssize_t i, n = cnp.PyArray_SIZE(target), valid = 0, bad = 0
+    cdef long long y
+    cdef double weight_sum = 0
+    cdef bint wide = cnp.PyArray_ITEMSIZE(target) == 8
+    cdef bint has_weight = weight is not None
+    cdef bint single_weight = has_weight and single(weight)
+    cdef const void *t = data(target)
+    cdef const void *w = data(weight) if has_weight else NULL
+    with nogil:
+        for i in range(n):
+            y = (<const int64_t *>t)[i] if wide else (<const int32_t *>t)[i]
+            if 0 <= y < n_classes and y != ignore_index:
+                valid += 1
+                if has_weight:
+                    weight_sum += (<const float *>w)[y] if single_weight else (<const double *>w)[y]
+            elif y != ignore_index:
+                bad += 1
+    return valid, (weight_sum if has_weight else <double>valid), bad

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._interface import FloatArray, IntArray, LossParams
+from .._interface import FloatArray, IntArray, LossParams, fill_totals, row_scale
+from .._interface import index_target_stats as _numpy_target_stats
 from . import _launch, _rows, _tiles
 
 
@@ -17,10 +18,15 @@ def _dummy(dtype: np.dtype, ndim: int) -> np.ndarray:
     return np.zeros((1,) * ndim, dtype=dtype)
 
 
+_DUMMY_SCALE = np.zeros((1, 1))
+
+
 class NumbaBackend:
     """Numba kernels; see :class:`fastxent._backends._interface.Backend`."""
 
     name = "numba"
+    # A pass over B * K integers: NumPy's reductions are as fast as a kernel, with no JIT start-up.
+    index_target_stats = staticmethod(_numpy_target_stats)
 
     @property
     def details(self) -> str:
@@ -52,18 +58,21 @@ class NumbaBackend:
         self,
         logits: FloatArray,
         target: IntArray,
-        weight: FloatArray,
+        weight: FloatArray | None,
         params: LossParams,
         loss: FloatArray,
         lse: FloatArray,
         grad: FloatArray | None,
-        grad_scale: FloatArray | None,
+        grad_scale: FloatArray | float | None,
+        totals: FloatArray | None,
         n_threads: int,
     ) -> None:
         _, c, k = logits.shape
+        if weight is None:
+            weight = np.ones(c, dtype=logits.dtype)
         with_grad = grad is not None and grad_scale is not None
         grad = grad if grad is not None and with_grad else _dummy(logits.dtype, 3)
-        grad_scale = grad_scale if grad_scale is not None and with_grad else _dummy(np.dtype(np.float64), 2)
+        grad_scale = row_scale(grad_scale, loss.shape) if grad_scale is not None and with_grad else _DUMMY_SCALE
         options = (params.ignore_index, params.label_smoothing, params.softcap, params.z_coef)
         if k == 1:
             _rows.xent_index_rows(
@@ -75,23 +84,27 @@ class NumbaBackend:
                 n_threads, logits.size, logits, target, weight, *options,
                 loss, lse, grad, grad_scale, with_grad, _tiles.tile_width(c, k, logits.itemsize),
             )  # fmt: skip
+        fill_totals(loss, lse, totals)
 
     def cross_entropy_probs(
         self,
         logits: FloatArray,
         target: FloatArray,
-        weight: FloatArray,
+        weight: FloatArray | None,
         params: LossParams,
         loss: FloatArray,
         lse: FloatArray,
         grad: FloatArray | None,
-        grad_scale: FloatArray | None,
+        grad_scale: FloatArray | float | None,
+        totals: FloatArray | None,
         n_threads: int,
     ) -> None:
         _, c, k = logits.shape
+        if weight is None:
+            weight = np.ones(c, dtype=logits.dtype)
         with_grad = grad is not None and grad_scale is not None
         grad = grad if grad is not None and with_grad else _dummy(logits.dtype, 3)
-        grad_scale = grad_scale if grad_scale is not None and with_grad else _dummy(np.dtype(np.float64), 2)
+        grad_scale = row_scale(grad_scale, loss.shape) if grad_scale is not None and with_grad else _DUMMY_SCALE
         options = (params.label_smoothing, params.softcap, params.z_coef)
         if k == 1:
             _rows.xent_probs_rows(
@@ -103,6 +116,7 @@ class NumbaBackend:
                 n_threads, logits.size, logits, target, weight, *options,
                 loss, lse, grad, grad_scale, with_grad, _tiles.tile_width(c, k, logits.itemsize),
             )  # fmt: skip
+        fill_totals(loss, lse, totals)
 
 
 BACKEND = NumbaBackend()
