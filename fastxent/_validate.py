@@ -12,7 +12,9 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-_COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: The dtypes kernels compute in (native byte order).
+COMPUTE_DTYPES = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
+_NATIVE_INDEX_DTYPES = frozenset((np.dtype(np.int32), np.dtype(np.int64)))
 
 
 class FloatInput(NamedTuple):
@@ -40,7 +42,7 @@ def float_input(value: npt.ArrayLike, name: str) -> FloatInput:
     """
     array = value if type(value) is np.ndarray else np.asarray(value)
     dtype = array.dtype
-    if dtype in _COMPUTE_DTYPES:
+    if dtype in COMPUTE_DTYPES:
         return FloatInput(array, dtype, dtype)
     if dtype.kind == "f" and dtype.itemsize >= 4 and dtype.itemsize <= 8:
         native = dtype.newbyteorder("=")
@@ -93,6 +95,8 @@ def index_target(target: np.ndarray, name: str) -> np.ndarray:
     cannot hold raises ``IndexError``.
     """
     dtype = target.dtype
+    if dtype in _NATIVE_INDEX_DTYPES and target.flags.c_contiguous:
+        return target
     if dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer class indices; got dtype {dtype}")
     if dtype.kind == "i" and dtype.itemsize in (4, 8):

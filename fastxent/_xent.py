@@ -20,7 +20,7 @@ from . import _dispatch
 from ._backends._interface import DEFAULT_PARAMS, Backend, LossParams
 from ._layout import canonical, check_out, direct_output, split_shape
 from ._reduction import Partials, check_reduction, finish, gradient_scale
-from ._validate import check_index_range, float_input, index_target, integer, real_number
+from ._validate import COMPUTE_DTYPES, check_index_range, float_input, index_target, integer, real_number
 
 __all__ = ["cross_entropy", "cross_entropy_and_grad"]
 
@@ -51,6 +51,9 @@ def _option(value: object, name: str) -> float:
 
 
 def _check_options(label_smoothing: object, z_loss: object, softcap: object) -> tuple[float, float, float]:
+    if softcap is None and type(label_smoothing) is float and type(z_loss) is float:
+        if label_smoothing == 0.0 and z_loss == 0.0:
+            return 0.0, 0.0, 0.0
     eps = _option(label_smoothing, "label_smoothing")
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1]; got {label_smoothing!r}")
@@ -118,7 +121,10 @@ def prepare(
     softcap: object,
 ) -> XentCall:
     """Check a cross-entropy call and lay it out for a kernel."""
-    array, compute, result_dtype = float_input(input, "input")
+    if type(input) is np.ndarray and input.dtype in COMPUTE_DTYPES:
+        array, compute, result_dtype = input, input.dtype, input.dtype
+    else:
+        array, compute, result_dtype = float_input(input, "input")
     shape = array.shape
     ndim = len(shape)
     if ndim == 2:
@@ -199,7 +205,8 @@ def reduce(call: XentCall, loss: np.ndarray, lse: np.ndarray, totals: np.ndarray
         if call.z_loss:
             with np.errstate(all="ignore"):
                 loss = (loss + call.z_loss * np.square(lse, dtype=np.float64)).astype(loss.dtype)
-        return loss.reshape(call.loss_shape).astype(call.result_dtype, copy=False)
+        loss = loss.reshape(call.loss_shape)
+        return loss if loss.dtype == call.result_dtype else loss.astype(call.result_dtype)
     loss_sum, square_sum = totals.tolist()
     partials = Partials(loss_sum, call.divisor, square_sum, call.valid_rows)
     return call.result_dtype.type(finish(partials, call.reduction, call.z_loss))

@@ -76,11 +76,102 @@ static FX_ATTR REAL FX(fx_sumexp)(const REAL *x, Py_ssize_t n, REAL shift) {
     return total;
 }
 
-/* Rows of at most FX_SHORT elements take plain loops: an `omp simd`
- * reduction spills its lanes to the stack and reloads them, a store-forwarding
- * stall per pass that costs more than a short row's arithmetic (measured in
- * docs/performance.md, "65536 x 10"). Returns S, writes M and, unless out is
- * NULL, exp(x - M). */
+/* Rows of at most FX_SHORT elements. A loop per element, or an `omp simd`
+ * reduction (which spills its lanes to the stack, a store-forwarding stall
+ * per pass), costs more than a short row's arithmetic. With AVX2 the row is
+ * loaded masked into a fixed number of vectors padded with -inf: the max,
+ * the exps and the sum are a few vector instructions each, with butterfly
+ * reductions in a fixed order. Without AVX2, plain loops. Returns S, writes
+ * M and, unless out is NULL, exp(x - M). */
+#if defined(FX_AVX2) || (defined(__AVX2__) && defined(__FMA__))
+#if FX_IS_DOUBLE
+/* fx_exp on 4 lanes: the same operations, so the same values. */
+static inline FX_ATTR __m256d FX(fx_vexp)(__m256d x) {
+    x = _mm256_max_pd(_mm256_set1_pd(-709.0), x); /* keeps a NaN x, as fx_exp's select does */
+    __m256d n = _mm256_fmadd_pd(x, _mm256_set1_pd(1.4426950408889634), _mm256_set1_pd(6755399441056767.0));
+    __m256d scale = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(n), 52));
+    n = _mm256_sub_pd(n, _mm256_set1_pd(6755399441056767.0));
+    __m256d t = _mm256_fmadd_pd(n, _mm256_set1_pd(-0.6931471803691238), x);
+    t = _mm256_fmadd_pd(n, _mm256_set1_pd(-1.9082149292705877e-10), t);
+    static const double c[] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0,
+                               1.0 / 40320.0,     1.0 / 5040.0,     1.0 / 720.0,     1.0 / 120.0,
+                               1.0 / 24.0,        1.0 / 6.0,        0.5,             1.0};
+    __m256d p = _mm256_fmadd_pd(_mm256_set1_pd(1.0 / 6227020800.0), t, _mm256_set1_pd(c[0]));
+    for (int i = 1; i < 12; i++) p = _mm256_fmadd_pd(p, t, _mm256_set1_pd(c[i]));
+    return _mm256_fmadd_pd(_mm256_mul_pd(t, p), scale, scale);
+}
+
+static inline FX_ATTR REAL FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    const __m256d minus_inf = _mm256_set1_pd(-INFINITY);
+    __m256d v[4], e[4];
+    __m256i mask[4];
+    for (int j = 0; j < 4; j++) {
+        mask[j] = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n - 4 * j), lane);
+        v[j] = _mm256_blendv_pd(minus_inf, _mm256_maskload_pd(x + 4 * j, mask[j]), _mm256_castsi256_pd(mask[j]));
+    }
+    __m256d m = _mm256_max_pd(_mm256_max_pd(v[0], v[1]), _mm256_max_pd(v[2], v[3]));
+    m = _mm256_max_pd(m, _mm256_permute2f128_pd(m, m, 1));
+    m = _mm256_max_pd(m, _mm256_permute_pd(m, 5));
+    REAL best = _mm256_cvtsd_f64(m);
+    best = best == -INFINITY ? (REAL)0 : best;
+    const __m256d shift = _mm256_set1_pd(best);
+    for (int j = 0; j < 4; j++) {
+        e[j] = FX(fx_vexp)(_mm256_sub_pd(v[j], shift));
+        if (out != NULL) _mm256_maskstore_pd(out + 4 * j, mask[j], e[j]);
+    }
+    __m256d s = _mm256_add_pd(_mm256_add_pd(e[0], e[1]), _mm256_add_pd(e[2], e[3]));
+    s = _mm256_add_pd(s, _mm256_permute2f128_pd(s, s, 1));
+    s = _mm256_add_pd(s, _mm256_permute_pd(s, 5));
+    *shift_out = best;
+    return _mm256_cvtsd_f64(s);
+}
+#else
+/* fx_exp on 8 lanes: the same operations, so the same values. */
+static inline FX_ATTR __m256 FX(fx_vexp)(__m256 x) {
+    x = _mm256_max_ps(_mm256_set1_ps(-88.0f), x); /* keeps a NaN x, as fx_exp's select does */
+    __m256 n = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269502f), _mm256_set1_ps(12583039.0f));
+    __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(n), 23));
+    n = _mm256_sub_ps(n, _mm256_set1_ps(12583039.0f));
+    __m256 t = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693145752f), x);
+    t = _mm256_fmadd_ps(n, _mm256_set1_ps(-1.42860677e-06f), t);
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.00828929059f), t, _mm256_set1_ps(0.0418978221f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.166676521f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.499991506f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.999999701f));
+    t = _mm256_mul_ps(t, scale);
+    return _mm256_fmadd_ps(t, p, scale);
+}
+
+static inline FX_ATTR REAL FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 minus_inf = _mm256_set1_ps(-INFINITY);
+    __m256i low_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lane);
+    __m256i high_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n - 8), lane);
+    __m256 low = _mm256_blendv_ps(minus_inf, _mm256_maskload_ps(x, low_mask), _mm256_castsi256_ps(low_mask));
+    __m256 high = _mm256_blendv_ps(minus_inf, _mm256_maskload_ps(x + 8, high_mask), _mm256_castsi256_ps(high_mask));
+    __m256 m = _mm256_max_ps(low, high);
+    m = _mm256_max_ps(m, _mm256_permute2f128_ps(m, m, 1));
+    m = _mm256_max_ps(m, _mm256_permute_ps(m, 0x4e));
+    m = _mm256_max_ps(m, _mm256_permute_ps(m, 0xb1));
+    REAL best = _mm256_cvtss_f32(m);
+    best = best == -INFINITY ? (REAL)0 : best;
+    const __m256 shift = _mm256_set1_ps(best);
+    __m256 s = FX(fx_vexp)(_mm256_sub_ps(low, shift));
+    if (out != NULL) _mm256_maskstore_ps(out, low_mask, s);
+    if (n > 8) {
+        __m256 e = FX(fx_vexp)(_mm256_sub_ps(high, shift));
+        if (out != NULL) _mm256_maskstore_ps(out + 8, high_mask, e);
+        s = _mm256_add_ps(s, e);
+    }
+    s = _mm256_add_ps(s, _mm256_permute2f128_ps(s, s, 1));
+    s = _mm256_add_ps(s, _mm256_permute_ps(s, 0x4e));
+    s = _mm256_add_ps(s, _mm256_permute_ps(s, 0xb1));
+    *shift_out = best;
+    return _mm256_cvtss_f32(s);
+}
+#endif
+#else
 static inline FX_ATTR REAL FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
     REAL best = -INFINITY, total = 0;
     for (Py_ssize_t i = 0; i < n; i++) best = x[i] > best ? x[i] : best;
@@ -92,6 +183,15 @@ static inline FX_ATTR REAL FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t
     }
     *shift_out = best;
     return total;
+}
+#endif
+
+/* S (as double) and M of `rows` consecutive rows of n <= FX_SHORT elements,
+ * and their exps into out unless it is NULL. One call for many rows lets the
+ * rows' dependency chains (max, exp, sum) overlap. */
+static FX_ATTR void FX(fx_short_rows)(const REAL *x, REAL *out, Py_ssize_t rows, Py_ssize_t n, REAL *shift,
+                                      double *total) {
+    for (Py_ssize_t r = 0; r < rows; r++) total[r] = FX(fx_short_row)(x + r * n, out == NULL ? NULL : out + r * n, n, shift + r);
 }
 
 /* Online normaliser over L1-sized chunks: returns S, writes M (0 for an all -inf row).
