@@ -4,6 +4,8 @@ Throughput is always GB/s *of logits* (bytes of the logits array divided by
 the time of one call), so the numbers of different operations compare
 directly. ``np.sum`` over the same array measures what reading it once
 costs on this machine, ``np.copyto`` what reading and writing it costs.
+The peers are :data:`fastxent._bench_peers.PEERS`; the latency (µs per call)
+table of small calls is :mod:`fastxent._bench_latency`.
 """
 
 from __future__ import annotations
@@ -11,13 +13,12 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 
-from . import _dispatch, _xent
+from . import _bench_peers, _dispatch, _xent
 
 #: (shape, dtype name) of the default benchmark: the issues' table.
 DEFAULT_CASES: tuple[tuple[tuple[int, ...], str], ...] = (
@@ -42,6 +43,8 @@ class Case:
     copy_gbs: float = math.nan
     backends: dict[str, float] = field(default_factory=dict)
     peers: dict[str, float] = field(default_factory=dict)
+    #: The formulation measured for each peer (the fastest of those it offers).
+    formulations: dict[str, str] = field(default_factory=dict)
 
     @property
     def reference_gbs(self) -> float:
@@ -53,12 +56,22 @@ class Case:
 
 
 def time_call(function: Callable[[], object], repeats: int, min_seconds: float = 0.02) -> float:
-    """Median seconds per call over ``repeats`` samples; each sample loops until ``min_seconds``."""
+    """Median seconds per call over ``repeats`` samples; each sample loops until ``min_seconds``.
+
+    The loop count comes from the fastest of up to three single calls: one call
+    stalled by the scheduler would otherwise leave every sample a single call.
+    """
     function()
-    start = time.perf_counter()
-    function()
-    once = max(time.perf_counter() - start, 1e-9)
-    loops = max(1, int(min_seconds / once))
+    once = math.inf
+    spent = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        function()
+        elapsed = time.perf_counter() - start
+        once, spent = min(once, elapsed), spent + elapsed
+        if spent > min_seconds:
+            break
+    loops = max(1, int(min_seconds / max(once, 1e-9)))
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -78,81 +91,41 @@ def make_inputs(shape: tuple[int, ...], dtype: str, seed: int = 0) -> tuple[np.n
 
 
 def _fastxent_call(operation: str, logits: np.ndarray, target: np.ndarray) -> Callable[[], object]:
+    # The gradient goes to a buffer made once (the peers allocate theirs; the latency table does too).
     if operation == "loss":
         return lambda: _xent.cross_entropy(logits, target, reduction="none")
     grad_out = np.empty_like(logits)
     return lambda: _xent.cross_entropy_and_grad(logits, target, reduction="none", grad_out=grad_out)
 
 
-def _torch_call(operation: str, logits: np.ndarray, target: np.ndarray, threads: int) -> Callable[[], object] | None:
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ImportError:
+def fastest_peer(
+    calls: _bench_peers.Calls, formulations: tuple[str, ...], repeats: int, min_seconds: float
+) -> tuple[float, str] | None:
+    """Seconds per call of the fastest of a peer's formulations, and its name; None when it has none."""
+    if not calls:
         return None
-    torch.set_num_threads(threads)
-    x = torch.from_numpy(logits)
-    t = torch.from_numpy(target)
-    if operation == "loss":
-
-        def forward() -> object:
-            with torch.no_grad():
-                return F.cross_entropy(x, t, reduction="none")
-
-        return forward
-    leaf = x.clone().requires_grad_(True)
-    upstream = torch.ones(target.shape, dtype=x.dtype)
-
-    def forward_backward() -> object:
-        leaf.grad = None
-        F.cross_entropy(leaf, t, reduction="none").backward(upstream)
-        return leaf.grad
-
-    return forward_backward
+    return min((time_call(call, repeats, min_seconds), name) for call, name in zip(calls, formulations))
 
 
-def _jax_call(operation: str, logits: np.ndarray, target: np.ndarray) -> Callable[[], object] | None:
-    try:
-        import jax
-        import jax.numpy as jnp
-    except ImportError:
-        return None
-    if logits.dtype == np.float64:
-        jax.config.update("jax_enable_x64", True)
-    x = jnp.asarray(logits)
-    t = jnp.asarray(target)
-
-    def losses(z: Any, labels: Any) -> Any:
-        log_probs = jax.nn.log_softmax(z, axis=1)
-        return -jnp.take_along_axis(log_probs, jnp.expand_dims(labels, 1), axis=1).squeeze(1)
-
-    if operation == "loss":
-        compiled = jax.jit(losses)
-        return lambda: compiled(x, t).block_until_ready()
-    compiled_grad = jax.jit(jax.value_and_grad(lambda z, labels: jnp.sum(losses(z, labels))))  # type: ignore[no-untyped-call]
-    return lambda: compiled_grad(x, t)[1].block_until_ready()
-
-
-def _tensorflow_call(operation: str, logits: np.ndarray, target: np.ndarray) -> Callable[[], object] | None:
-    """TensorFlow's fused sparse op (class axis last only)."""
-    if logits.ndim != 2:
-        return None
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return None
-    x = tf.constant(logits)
-    t = tf.constant(target)
-    if operation == "loss":
-        return lambda: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=t, logits=x).numpy()
-
-    def forward_backward() -> object:
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=t, logits=x)
-        return tape.gradient(loss, x).numpy()
-
-    return forward_backward
+def measure_peers(
+    operation: str,
+    reduction: str,
+    logits: np.ndarray,
+    target: np.ndarray,
+    threads: int,
+    peers: Sequence[str],
+    repeats: int,
+    min_seconds: float = 0.02,
+) -> dict[str, tuple[float, str]]:
+    """Seconds per call and the formulation measured, for each of ``peers`` that can run here."""
+    measured = {}
+    for name in peers:
+        peer = _bench_peers.PEERS[name]
+        calls = peer.factory(operation, reduction, logits, target, threads)
+        result = fastest_peer(calls, peer.formulations, repeats, min_seconds)
+        if result is not None:
+            measured[name] = result
+    return measured
 
 
 def memory_bandwidth(array: np.ndarray, repeats: int) -> tuple[float, float]:
@@ -169,9 +142,13 @@ def measure_case(
     backends: list[str],
     repeats: int,
     threads: int,
-    with_peers: bool = True,
+    peers: Sequence[str] = tuple(_bench_peers.PEERS),
 ) -> list[Case]:
-    """Measure every operation of one array; returns one :class:`Case` per operation."""
+    """Measure every operation of one array; returns one :class:`Case` per operation.
+
+    ``loss+grad`` is timed with ``reduction="none"`` (the peers use an upstream
+    gradient of ones, which gives the same gradient).
+    """
     logits, target = make_inputs(shape, dtype)
     nbytes = logits.nbytes
     read_gbs, copy_gbs = memory_bandwidth(logits, repeats)
@@ -181,13 +158,10 @@ def measure_case(
         for name in backends:
             with _dispatch.use_backend(name):
                 case.backends[name] = nbytes / time_call(_fastxent_call(operation, logits, target), repeats) / 1e9
-        if with_peers:
-            for peer, call in (
-                ("torch", _torch_call(operation, logits, target, threads)),
-                ("jax", _jax_call(operation, logits, target)),
-                ("tensorflow", _tensorflow_call(operation, logits, target)),
-            ):
-                if call is not None:
-                    case.peers[peer] = nbytes / time_call(call, repeats) / 1e9
+        for peer, (seconds, formulation) in measure_peers(
+            operation, "none", logits, target, threads, peers, repeats
+        ).items():
+            case.peers[peer] = nbytes / seconds / 1e9
+            case.formulations[peer] = formulation
         cases.append(case)
     return cases

@@ -15,7 +15,8 @@ from fastxent import _cli
 from fastxent._version import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = ["bench", "--quick", "--shapes", "64x10", "--repeats", "1", "--backends", "numpy"]
+QUICK = ["bench", "--quick", "--shapes", "64x10", "--repeats", "1", "--backends", "numpy", "--no-latency"]
+LATENCY = ["bench", "--latency-only", "--latency-shapes", "32x10", "--repeats", "1", "--quick"]
 
 
 def run_cli(*arguments: str, hide: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -26,26 +27,34 @@ def run_cli(*arguments: str, hide: tuple[str, ...] = ()) -> subprocess.Completed
     return subprocess.run([sys.executable, *command, *arguments], capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
+def cells(line: str) -> list[str]:
+    """The cells of a printed table row (columns are two or more spaces apart)."""
+    return re.split(r"\s{2,}", line.strip())
+
+
 def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
     # Peers run in a subprocess below: importing JAX here would make later fork tests warn.
     output = tmp_path / "bench.json"
-    arguments = ["bench", "--quick", "--shapes", "64x100", "2x5x8x8", "--repeats", "1", "--no-peers"]
+    arguments = ["bench", "--quick", "--shapes", "64x100", "2x5x8x8", "--repeats", "1", "--no-peers", "--no-latency"]
     assert _cli.main([*arguments, "--json", str(output)]) == 0
     printed = capsys.readouterr().out
-    for name in fastxent.available_backends():
-        assert name in printed
+    header = cells(printed.splitlines()[printed.splitlines().index("") + 1])
+    backends = [_cli._label(name) for name in fastxent.available_backends()]
+    # The reference backend is a column of its own; speed-ups are over NumPy written by hand.
+    assert header == ["shape", "dtype", "op", "read", "copy", *backends, "best/bw", "numpy-hand", "x numpy-hand"]
+    assert "x numpy-ref" not in printed and "µs per call" not in printed
     assert "loss+grad" in printed and "64x100" in printed and "2x5x8x8" in printed
-    if len(fastxent.available_backends()) > 1:
-        assert "x numpy" in printed
     data = json.loads(output.read_text())
-    assert {case["operation"] for case in data["cases"]} == {"loss", "loss+grad"}
+    assert {case["operation"] for case in data["cases"]} == {"loss", "loss+grad"} and data["latency_us"] == []
     for case in data["cases"]:
         assert case["read_gbs"] > 0 and all(value > 0 for value in case["backends"].values())
+        assert case["peers"]["numpy-hand"] > 0
 
 
 def test_bench_measures_torch_as_a_peer(tmp_path):
     output = tmp_path / "bench.json"
-    command = [sys.executable, "-m", "fastxent", "bench", "--shapes", "64x100", "--repeats", "1", "--json", str(output)]
+    command = [sys.executable, "-m", "fastxent", "bench", "--shapes", "64x100", "--repeats", "1", "--no-latency",
+               "--json", str(output)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "x torch" in result.stdout
@@ -66,6 +75,54 @@ def test_bench_command_line_runs():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "32x50" in result.stdout and "[1/1]" in result.stderr
+    # The default latency shapes, both dtypes, after the GB/s table.
+    assert result.stdout.index("µs per call") > result.stdout.index("32x50")
+    assert "[latency 10/10] 1x50257 float64" in result.stderr
+    for shape in ("32x10", "128x10", "256x100", "128x1000", "1x50257"):
+        assert f"{shape}  float64  loss+grad" in result.stdout
+
+
+def test_latency_table_has_fastxent_backends_and_numpy_by_hand(tmp_path, capsys):
+    output = tmp_path / "bench.json"
+    assert _cli.main([*LATENCY, "--no-peers", "--json", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert "GB/s" not in printed and "µs per call" in printed
+    lines = printed.splitlines()
+    header = cells(lines[lines.index("") + 1])
+    backends = [_cli._label(name) for name in fastxent.available_backends()]
+    assert header == ["shape", "dtype", "op", "auto", *backends, "numpy-hand", "x numpy-hand"]
+    rows = [cells(line) for line in lines[lines.index("") + 3 :] if line.strip()]
+    assert [row[:3] for row in rows] == [["32x10", dtype, op] for dtype in ("float32", "float64")
+                                         for op in ("loss", "loss+grad")]  # fmt: skip
+    assert all(len(row) == len(header) and float(row[-1]) > 0 for row in rows)
+    data = json.loads(output.read_text())
+    assert data["cases"] == [] and len(data["latency_us"]) == 4
+    for case in data["latency_us"]:
+        assert list(case["backends"]) == ["auto", *fastxent.available_backends()]
+        assert list(case["peers"]) == ["numpy-hand"] and all(v > 0 for v in case["backends"].values())
+
+
+def test_latency_table_measures_torch():
+    result = run_cli(*LATENCY, "--dtypes", "float32", "--backends", "numpy")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = cells(lines[lines.index("") + 1])
+    assert header[3:7] == ["auto", "numpy-ref", "torch", "numpy-hand"]
+    assert header.index("x torch") + 1 == header.index("x numpy-hand")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--latency-only", "--no-latency"], "not allowed with argument"),
+        (["--latency-only", "--plot", "chart.png"], "--plot draws the GB/s table"),
+        (["--latency-shapes", "32by10"], "a shape looks like 8192x1000"),
+    ],
+)
+def test_bench_rejects_contradictory_latency_flags(arguments, message, capsys):
+    with pytest.raises(SystemExit):
+        _cli.main(["bench", *arguments])
+    assert message in capsys.readouterr().err
 
 
 def test_no_command_prints_the_help():
