@@ -54,17 +54,25 @@ class Partials(NamedTuple):
         """The partial sums of the union of two disjoint sets of rows."""
         return Partials(*(a + b for a, b in zip(self, other)))
 
+    def finish(self, reduction: str, z_loss: float) -> float:
+        """The ``"sum"`` or ``"mean"`` of the cross-entropy plus ``z_loss * lse**2``; see :func:`finish`."""
+        return finish(reduction, z_loss, *self)
 
-def finish(partials: Partials, reduction: str, z_loss: float) -> float:
+
+def finish(
+    reduction: str, z_loss: float, loss_sum: float, divisor: float, lse_square_sum: float, valid_rows: float
+) -> float:
     """The ``"sum"`` or ``"mean"`` of a cross-entropy plus ``z_loss * lse**2`` from its partial sums.
 
-    ``"mean"`` over no non-ignored row is NaN, as in torch.
+    The arguments after ``z_loss`` are the fields of :class:`Partials`, passed
+    apart so that a single in-memory call builds no object. ``"mean"`` over no
+    non-ignored row is NaN, as in torch.
     """
     if reduction == "sum":
-        return partials.loss_sum + z_loss * partials.lse_square_sum
-    mean = safe_ratio(partials.loss_sum, partials.divisor)
+        return loss_sum + z_loss * lse_square_sum if z_loss else loss_sum
+    mean = safe_ratio(loss_sum, divisor)
     if z_loss:
-        mean += z_loss * safe_ratio(partials.lse_square_sum, partials.valid_rows)
+        mean += z_loss * safe_ratio(lse_square_sum, valid_rows)
     return mean
 
 

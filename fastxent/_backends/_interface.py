@@ -54,6 +54,15 @@ class LossParams:
 DEFAULT_PARAMS = LossParams()
 
 
+def row_outputs(loss: FloatArray | None, lse: FloatArray | None, logits: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """``loss`` and ``lse``, each replaced by a new ``(B, K)`` array when the caller does not want it."""
+    b, _, k = logits.shape
+    return (
+        np.empty((b, k), logits.dtype) if loss is None else loss,
+        np.empty((b, k), logits.dtype) if lse is None else lse,
+    )
+
+
 def fill_totals(loss: FloatArray, lse: FloatArray, totals: FloatArray | None) -> None:
     """Write ``totals`` as :meth:`Backend.cross_entropy_index` defines it, for backends that do not fuse it."""
     if totals is not None:
@@ -119,8 +128,8 @@ class Backend(Protocol):
         target: IntArray,
         weight: FloatArray | None,
         params: LossParams,
-        loss: FloatArray,
-        lse: FloatArray,
+        loss: FloatArray | None,
+        lse: FloatArray | None,
         grad: FloatArray | None,
         grad_scale: FloatArray | float | None,
         totals: FloatArray | None,
@@ -137,10 +146,11 @@ class Backend(Protocol):
             latter; the kernel still never reads outside the row).
         weight : array of shape (C,) or None
             Per-class weights; None means every weight is 1.
-        loss : array of shape (B, K), OUT
+        loss : array of shape (B, K) or None, OUT
             ``(1 - eps) * w[y] * (lse - x[y]) + eps / C * sum_c w[c] * (lse - x[c])``.
-        lse : array of shape (B, K), OUT
-            Log-sum-exp of each row (after the softcap).
+            None when only ``totals`` are wanted.
+        lse : array of shape (B, K) or None, OUT
+            Log-sum-exp of each row (after the softcap); None when not wanted.
         grad : array of shape (B, C, K) or None, OUT
             ``grad_scale[row] * d(loss[row] + z_coef * lse[row]**2) / d logits[row]``.
             May be ``logits`` itself (in-place gradient).
@@ -159,8 +169,8 @@ class Backend(Protocol):
         target: FloatArray,
         weight: FloatArray | None,
         params: LossParams,
-        loss: FloatArray,
-        lse: FloatArray,
+        loss: FloatArray | None,
+        lse: FloatArray | None,
         grad: FloatArray | None,
         grad_scale: FloatArray | float | None,
         totals: FloatArray | None,

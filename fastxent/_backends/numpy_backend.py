@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._interface import FloatArray, IntArray, LossParams, fill_totals, index_target_stats, row_scale
+from ._interface import FloatArray, IntArray, LossParams, fill_totals, index_target_stats, row_outputs, row_scale
 
 
 def _row_max(x: FloatArray) -> FloatArray:
@@ -77,14 +77,15 @@ class NumpyBackend:
         target: IntArray,
         weight: FloatArray | None,
         params: LossParams,
-        loss: FloatArray,
-        lse: FloatArray,
+        loss: FloatArray | None,
+        lse: FloatArray | None,
         grad: FloatArray | None,
         grad_scale: FloatArray | float | None,
         totals: FloatArray | None,
         n_threads: int,
     ) -> None:
         n_classes = logits.shape[1]
+        loss, lse = row_outputs(loss, lse, logits)
         if weight is None:
             weight = np.ones(n_classes, dtype=logits.dtype)
         # With no classes every target is ignored; smoothing has nothing to spread over.
@@ -134,14 +135,15 @@ class NumpyBackend:
         target: FloatArray,
         weight: FloatArray | None,
         params: LossParams,
-        loss: FloatArray,
-        lse: FloatArray,
+        loss: FloatArray | None,
+        lse: FloatArray | None,
         grad: FloatArray | None,
         grad_scale: FloatArray | float | None,
         totals: FloatArray | None,
         n_threads: int,
     ) -> None:
         n_classes = logits.shape[1]
+        loss, lse = row_outputs(loss, lse, logits)
         if weight is None:
             weight = np.ones(n_classes, dtype=logits.dtype)
         eps = params.label_smoothing if n_classes else 0.0

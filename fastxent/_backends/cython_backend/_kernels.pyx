@@ -33,7 +33,7 @@ cdef extern from "fx_simd.h" nogil:
         void (*tile_stats)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, float *, double *) noexcept nogil
         void (*tile_scale)(const float *, float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *,
                            const float *, const float *, const float *) noexcept nogil
-        void (*short_rows)(const float *, float *, Py_ssize_t, Py_ssize_t, float *, double *) noexcept nogil
+        void (*rows_sums)(const float *, float *, Py_ssize_t, Py_ssize_t, float *, double *) noexcept nogil
     ctypedef struct fx_table_f64:
         double (*shift_sum)(const double *, Py_ssize_t, double *) noexcept nogil
         double (*store_exp)(const double *, double *, Py_ssize_t, double *) noexcept nogil
@@ -42,7 +42,7 @@ cdef extern from "fx_simd.h" nogil:
         void (*tile_stats)(const double *, Py_ssize_t, Py_ssize_t, Py_ssize_t, double *, double *) noexcept nogil
         void (*tile_scale)(const double *, double *, Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *,
                            const double *, const double *, const double *) noexcept nogil
-        void (*short_rows)(const double *, double *, Py_ssize_t, Py_ssize_t, double *, double *) noexcept nogil
+        void (*rows_sums)(const double *, double *, Py_ssize_t, Py_ssize_t, double *, double *) noexcept nogil
     fx_table_f32 fx_f32
     fx_table_f64 fx_f64
     const char *fx_init()
@@ -164,12 +164,12 @@ cdef inline double log_sum(const real *dtype, double total) noexcept nogil:
         return log(total)
 
 
-cdef inline void short_rows(const real *x, real *out, Py_ssize_t rows, Py_ssize_t n, real *shift,
-                            double *total) noexcept nogil:
+cdef inline void rows_sums(const real *x, real *out, Py_ssize_t rows, Py_ssize_t n, real *shift,
+                           double *total) noexcept nogil:
     if real is float:
-        fx_f32.short_rows(x, out, rows, n, shift, total)
+        fx_f32.rows_sums(x, out, rows, n, shift, total)
     else:
-        fx_f64.short_rows(x, out, rows, n, shift, total)
+        fx_f64.rows_sums(x, out, rows, n, shift, total)
 
 
 cdef inline real capped(real value, double cap) noexcept nogil:
@@ -224,6 +224,7 @@ cdef void xent_index_finish(real *g, Py_ssize_t n, Py_ssize_t y, real x_y, doubl
     """
     cdef double w_y, log_total, row_lse, value, a
     cdef double smooth = eps / n
+    cdef real scale
     cdef Py_ssize_t i
     # No weights (NULL) means unit weights; smoothing always gets an array.
     w_y = 1.0 if weight == NULL else weight[y]
@@ -239,7 +240,13 @@ cdef void xent_index_finish(real *g, Py_ssize_t n, Py_ssize_t y, real x_y, doubl
     a = gs * ((1.0 - eps) * w_y + smooth * weight_sum)
     if z_coef != 0:
         a = a + gs * 2.0 * z_coef * row_lse
-    scale_row(g, n, <real>(a / total), <real>(gs * smooth), weight if eps > 0 else NULL)
+    if eps == 0 and n <= FX_SHORT:
+        # A short row: a plain loop beats the call through the table (same products as fx_scale).
+        scale = <real>(a / total)
+        for i in range(n):
+            g[i] = g[i] * scale
+    else:
+        scale_row(g, n, <real>(a / total), <real>(gs * smooth), weight if eps > 0 else NULL)
     if slopes != NULL:
         for i in range(n):
             g[i] = g[i] * slopes[i]
@@ -640,28 +647,30 @@ cdef inline void xent_index_unit(const real *x, real *g, const index_t *y, Py_ss
 
 
 cdef enum:
-    SHORT_BLOCK = 64   # rows whose sums one short_rows call computes
+    ROW_BLOCK = 64            # at most this many rows per rows_sums call
+    ROW_BLOCK_BYTES = 32768   # and at most this much of them, so their exps are still in cache for the scaling
 
 
-cdef void xent_index_short_rows(Layout L, LossArgs a, const real *x, real *g, const index_t *y, const real *weight,
+cdef void xent_index_block_rows(Layout L, LossArgs a, const real *x, real *g, const index_t *y, const real *weight,
                                 real *loss, real *lse, const double *gs, Py_ssize_t first,
                                 Py_ssize_t last) noexcept nogil:
-    """Rows of at most FX_SHORT classes and no softcap: sums for a block of rows, then each row's result."""
-    cdef real shifts[SHORT_BLOCK]
-    cdef real targets[SHORT_BLOCK]
-    cdef double totals[SHORT_BLOCK]
-    cdef double weighted[SHORT_BLOCK]
+    """Rows without a softcap: the sums of a block of rows in one call, then each row's result."""
+    cdef real shifts[ROW_BLOCK]
+    cdef real targets[ROW_BLOCK]
+    cdef double totals[ROW_BLOCK]
+    cdef double weighted[ROW_BLOCK]
     cdef Py_ssize_t start, r, row, count, n = L.n_classes
+    cdef Py_ssize_t block = max(1, min(<Py_ssize_t>ROW_BLOCK, ROW_BLOCK_BYTES // (n * <Py_ssize_t>sizeof(real))))
     cdef long long target
     start = first
     while start < last:
-        count = min(<Py_ssize_t>SHORT_BLOCK, last - start)
-        # Read what the results need before short_rows writes exps into g, which may be x (in place).
+        count = min(block, last - start)
+        # Read what the results need before rows_sums writes exps into g, which may be x (in place).
         for r in range(count):
             target = y[start + r]
             targets[r] = x[(start + r) * n + target] if 0 <= target < n else 0
             weighted[r] = weighted_sum(x + (start + r) * n, weight, n) if a.eps > 0 else 0
-        short_rows(x + start * n, g + start * n if a.with_grad else NULL, count, n, shifts, totals)
+        rows_sums(x + start * n, g + start * n if a.with_grad else NULL, count, n, shifts, totals)
         for r in range(count):
             row = start + r
             target = y[row]
@@ -683,8 +692,8 @@ cdef int xent_index_units(Layout L, LossArgs a, const real *x, real *g, const in
     cdef TileScratch s = new_scratch(L.width, L.n_classes, sizeof(real), a.cap != 0,
                                      a.with_grad and gs == NULL, a.gs_scalar)
     cdef Py_ssize_t unit, offset, position, w
-    if s.ok and L.stride == 1 and 0 < L.n_classes <= FX_SHORT and a.cap == 0:
-        xent_index_short_rows(L, a, x, g, y, weight, loss, lse, gs, first, last)
+    if s.ok and L.stride == 1 and L.n_classes > 0 and a.cap == 0:
+        xent_index_block_rows(L, a, x, g, y, weight, loss, lse, gs, first, last)
     elif s.ok:
         for unit in range(first, last):
             offset = locate(L, unit, &position, &w)
@@ -825,14 +834,26 @@ cdef void *unit_weights(Layout L, object weight, bint needed) noexcept:
     return ones
 
 
+cdef void *row_outputs(object loss, object lse, Py_ssize_t rows, Py_ssize_t itemsize, void **lp, void **sp):
+    """Point ``lp``/``sp`` at the per-row loss and lse: the caller's arrays, or for each that is None (not
+    wanted) room in one malloc'ed block, which is returned for the caller to free."""
+    cdef void *block = NULL
+    if loss is None or lse is None:
+        block = malloc(2 * max(1, rows) * itemsize)
+    lp[0] = block if loss is None else data(loss)
+    sp[0] = (<char *>block + rows * itemsize) if lse is None else data(lse)
+    if block == NULL and (loss is None or lse is None):
+        lp[0] = NULL
+    return block
+
+
 def cross_entropy_index(cnp.ndarray x not None, cnp.ndarray target not None, object weight, object params,
-                        cnp.ndarray loss not None, cnp.ndarray lse not None, object grad, object grad_scale,
-                        object totals, int n_threads):
+                        object loss, object lse, object grad, object grad_scale, object totals, int n_threads):
     """Cross-entropy with class indices; see the backend interface for the arguments."""
     cdef Layout L = layout_of(x)
     cdef int threads = threads_for(cnp.PyArray_SIZE(x), n_threads), failed = 0
     cdef LossArgs a = loss_args(L, params, grad, grad_scale, True)
-    cdef Py_ssize_t c, rows = cnp.PyArray_SIZE(loss)
+    cdef Py_ssize_t c, rows = x.shape[0] * x.shape[2]
     # Rows without smoothing read only w[y]; tiles and smoothing read the whole weight array.
     cdef void *ones = unit_weights(L, weight, a.eps > 0 or L.stride > 1)
     cdef void *w = ones if ones != NULL else (NULL if weight is None else data(weight))
@@ -840,10 +861,13 @@ def cross_entropy_index(cnp.ndarray x not None, cnp.ndarray target not None, obj
     cdef const double *gs = <const double *>data(grad_scale) if isinstance(grad_scale, cnp.ndarray) else NULL
     cdef const void *xp = data(x)
     cdef const void *yp = data(target)
-    cdef void *lp = data(loss)
-    cdef void *sp = data(lse)
-    if w == NULL and weight is None and (a.eps > 0 or L.stride > 1) and L.n_classes:
-        raise MemoryError("fastxent: could not allocate unit weights")
+    cdef void *lp
+    cdef void *sp
+    cdef void *rows_scratch = row_outputs(loss, lse, rows, L.itemsize, &lp, &sp)
+    if (w == NULL and weight is None and (a.eps > 0 or L.stride > 1) and L.n_classes) or lp == NULL:
+        free(ones)
+        free(rows_scratch)
+        raise MemoryError("fastxent: could not allocate unit weights or row outputs")
     if w != NULL:
         for c in range(L.n_classes):
             a.weight_sum += (<float *>w)[c] if L.itemsize == 4 else (<double *>w)[c]
@@ -863,30 +887,33 @@ def cross_entropy_index(cnp.ndarray x not None, cnp.ndarray target not None, obj
             failed = xent_index_run(L, a, <const double *>xp, <double *>g, <const int32_t *>yp, <const double *>w,
                                     <double *>lp, <double *>sp, gs, threads)
     free(ones)
-    check(failed)
-    if totals is not None:
+    if totals is not None and not failed:
         if L.itemsize == 4:
             row_totals(<const float *>lp, <const float *>sp, rows, <double *>data(totals))
         else:
             row_totals(<const double *>lp, <const double *>sp, rows, <double *>data(totals))
+    free(rows_scratch)
+    check(failed)
 
 
 def cross_entropy_probs(cnp.ndarray x not None, cnp.ndarray target not None, object weight, object params,
-                        cnp.ndarray loss not None, cnp.ndarray lse not None, object grad, object grad_scale,
-                        object totals, int n_threads):
+                        object loss, object lse, object grad, object grad_scale, object totals, int n_threads):
     """Cross-entropy with class probabilities; see the backend interface for the arguments."""
     cdef Layout L = layout_of(x)
     cdef int threads = threads_for(cnp.PyArray_SIZE(x), n_threads), failed = 0
     cdef LossArgs a = loss_args(L, params, grad, grad_scale, False)
-    cdef Py_ssize_t b, rows = cnp.PyArray_SIZE(loss)
+    cdef Py_ssize_t b, rows = x.shape[0] * x.shape[2]
     cdef void *ones = unit_weights(L, weight, True)
     cdef void *w = ones if ones != NULL else data(weight)
     cdef void *g = NULL if grad is None else data(grad)
     cdef const double *gs = <const double *>data(grad_scale) if isinstance(grad_scale, cnp.ndarray) else NULL
-    cdef void *lp = data(loss)
-    cdef void *sp = data(lse)
-    if weight is None and ones == NULL:
-        raise MemoryError("fastxent: could not allocate unit weights")
+    cdef void *lp
+    cdef void *sp
+    cdef void *rows_scratch = row_outputs(loss, lse, rows, L.itemsize, &lp, &sp)
+    if (weight is None and ones == NULL) or lp == NULL:
+        free(ones)
+        free(rows_scratch)
+        raise MemoryError("fastxent: could not allocate unit weights or row outputs")
     if L.n_classes == 0:
         # No classes: every loss is an empty sum.
         for b in range(rows):
@@ -904,12 +931,13 @@ def cross_entropy_probs(cnp.ndarray x not None, cnp.ndarray target not None, obj
             failed = xent_probs_run(L, a, <const double *>data(x), <const double *>data(target), <double *>g,
                                     <const double *>w, <double *>lp, <double *>sp, gs, threads)
     free(ones)
-    check(failed)
-    if totals is not None:
+    if totals is not None and not failed:
         if L.itemsize == 4:
             row_totals(<const float *>lp, <const float *>sp, rows, <double *>data(totals))
         else:
             row_totals(<const double *>lp, <const double *>sp, rows, <double *>data(totals))
+    free(rows_scratch)
+    check(failed)
 
 
 def index_target_stats(cnp.ndarray target not None, object weight, Py_ssize_t n_classes, long long ignore_index):

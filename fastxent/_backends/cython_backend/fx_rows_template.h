@@ -61,29 +61,43 @@ static inline FX_ATTR REAL FX(fx_exp)(REAL x) {
 #endif
 }
 
-/* Max of x[0:n]; -inf when empty. A NaN may or may not win: the exp sum then is NaN anyway. */
-static FX_ATTR REAL FX(fx_max)(const REAL *x, Py_ssize_t n) {
-    REAL best = -INFINITY;
-#pragma omp simd reduction(max : best)
-    for (Py_ssize_t i = 0; i < n; i++) best = x[i] > best ? x[i] : best;
-    return best;
-}
-
-static FX_ATTR REAL FX(fx_sumexp)(const REAL *x, Py_ssize_t n, REAL shift) {
-    REAL total = 0;
-#pragma omp simd reduction(+ : total)
-    for (Py_ssize_t i = 0; i < n; i++) total += FX(fx_exp)(x[i] - shift);
-    return total;
-}
-
-/* Rows of at most FX_SHORT elements. A loop per element, or an `omp simd`
- * reduction (which spills its lanes to the stack, a store-forwarding stall
- * per pass), costs more than a short row's arithmetic. With AVX2 the row is
- * loaded masked into a fixed number of vectors padded with -inf: the max,
- * the exps and the sum are a few vector instructions each, with butterfly
- * reductions in a fixed order. Without AVX2, plain loops. Returns S, writes
- * M and, unless out is NULL, exp(x - M). */
 #if defined(FX_AVX2) || (defined(__AVX2__) && defined(__FMA__))
+#define FX_INTRINSICS 1
+#endif
+
+/* With AVX2, the row loops below are written with intrinsics: two vector
+ * accumulators, a masked tail, and a butterfly reduction in a fixed order.
+ * gcc's `omp simd` reductions spill their lanes to the stack at the end of
+ * every loop, which costs a medium row (tens to hundreds of classes) more
+ * than its arithmetic. The order of a row's sum depends only on the row's
+ * length, never on the thread count. Without AVX2, `omp simd` loops. */
+#if FX_INTRINSICS && FX_IS_DOUBLE
+#define FX_LANES 4
+#define FX_V __m256d
+#define FX_LOAD _mm256_loadu_pd
+#define FX_STORE _mm256_storeu_pd
+#define FX_SET1 _mm256_set1_pd
+#define FX_MAX _mm256_max_pd
+#define FX_ADD _mm256_add_pd
+#define FX_SUB _mm256_sub_pd
+#define FX_TAIL_MASK(k) _mm256_cmpgt_epi64(_mm256_set1_epi64x(k), _mm256_setr_epi64x(0, 1, 2, 3))
+#define FX_MASKLOAD(p, m) _mm256_blendv_pd(FX_SET1(-INFINITY), _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m))
+#define FX_MASKSTORE _mm256_maskstore_pd
+#elif FX_INTRINSICS
+#define FX_LANES 8
+#define FX_V __m256
+#define FX_LOAD _mm256_loadu_ps
+#define FX_STORE _mm256_storeu_ps
+#define FX_SET1 _mm256_set1_ps
+#define FX_MAX _mm256_max_ps
+#define FX_ADD _mm256_add_ps
+#define FX_SUB _mm256_sub_ps
+#define FX_TAIL_MASK(k) _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(k)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+#define FX_MASKLOAD(p, m) _mm256_blendv_ps(FX_SET1(-INFINITY), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m))
+#define FX_MASKSTORE _mm256_maskstore_ps
+#endif
+
+#if FX_INTRINSICS
 #if FX_IS_DOUBLE
 /* fx_exp on 4 lanes: the same operations, so the same values. */
 static inline FX_ATTR __m256d FX(fx_vexp)(__m256d x) {
@@ -101,6 +115,133 @@ static inline FX_ATTR __m256d FX(fx_vexp)(__m256d x) {
     return _mm256_fmadd_pd(_mm256_mul_pd(t, p), scale, scale);
 }
 
+#else
+/* fx_exp on 8 lanes: the same operations, so the same values. */
+static inline FX_ATTR __m256 FX(fx_vexp)(__m256 x) {
+    x = _mm256_max_ps(_mm256_set1_ps(-88.0f), x); /* keeps a NaN x, as fx_exp's select does */
+    __m256 n = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269502f), _mm256_set1_ps(12583039.0f));
+    __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(n), 23));
+    n = _mm256_sub_ps(n, _mm256_set1_ps(12583039.0f));
+    __m256 t = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693145752f), x);
+    t = _mm256_fmadd_ps(n, _mm256_set1_ps(-1.42860677e-06f), t);
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.00828929059f), t, _mm256_set1_ps(0.0418978221f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.166676521f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.499991506f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.999999701f));
+    t = _mm256_mul_ps(t, scale);
+    return _mm256_fmadd_ps(t, p, scale);
+}
+
+#endif
+
+/* Every lane of v holds the max (the sum) of v's lanes, combined in a fixed order. */
+static inline FX_ATTR REAL FX(fx_hmax)(FX_V v) {
+#if FX_IS_DOUBLE
+    v = _mm256_max_pd(v, _mm256_permute2f128_pd(v, v, 1));
+    v = _mm256_max_pd(v, _mm256_permute_pd(v, 5));
+    return _mm256_cvtsd_f64(v);
+#else
+    v = _mm256_max_ps(v, _mm256_permute2f128_ps(v, v, 1));
+    v = _mm256_max_ps(v, _mm256_permute_ps(v, 0x4e));
+    v = _mm256_max_ps(v, _mm256_permute_ps(v, 0xb1));
+    return _mm256_cvtss_f32(v);
+#endif
+}
+
+static inline FX_ATTR REAL FX(fx_hsum)(FX_V v) {
+#if FX_IS_DOUBLE
+    v = _mm256_add_pd(v, _mm256_permute2f128_pd(v, v, 1));
+    v = _mm256_add_pd(v, _mm256_permute_pd(v, 5));
+    return _mm256_cvtsd_f64(v);
+#else
+    v = _mm256_add_ps(v, _mm256_permute2f128_ps(v, v, 1));
+    v = _mm256_add_ps(v, _mm256_permute_ps(v, 0x4e));
+    v = _mm256_add_ps(v, _mm256_permute_ps(v, 0xb1));
+    return _mm256_cvtss_f32(v);
+#endif
+}
+
+/* Max of x[0:n]; -inf when empty. A NaN may or may not win: the exp sum then is NaN anyway. */
+static FX_ATTR REAL FX(fx_max)(const REAL *x, Py_ssize_t n) {
+    FX_V m0 = FX_SET1(-INFINITY), m1 = m0;
+    Py_ssize_t i = 0;
+    for (; i + 2 * FX_LANES <= n; i += 2 * FX_LANES) {
+        m0 = FX_MAX(m0, FX_LOAD(x + i));
+        m1 = FX_MAX(m1, FX_LOAD(x + i + FX_LANES));
+    }
+    if (i + FX_LANES <= n) {
+        m0 = FX_MAX(m0, FX_LOAD(x + i));
+        i += FX_LANES;
+    }
+    if (i < n) m1 = FX_MAX(m1, FX_MASKLOAD(x + i, FX_TAIL_MASK(n - i)));
+    return FX(fx_hmax)(FX_MAX(m0, m1));
+}
+
+/* sum(exp(x - shift)), and exp(x - shift) into out unless it is NULL (out may be x). */
+static inline FX_ATTR REAL FX(fx_sumexp_store)(const REAL *x, REAL *out, Py_ssize_t n, REAL shift) {
+    const FX_V s = FX_SET1(shift);
+    FX_V t0 = FX_SET1(0), t1 = t0;
+    Py_ssize_t i = 0;
+    for (; i + 2 * FX_LANES <= n; i += 2 * FX_LANES) {
+        FX_V e0 = FX(fx_vexp)(FX_SUB(FX_LOAD(x + i), s));
+        FX_V e1 = FX(fx_vexp)(FX_SUB(FX_LOAD(x + i + FX_LANES), s));
+        if (out != NULL) {
+            FX_STORE(out + i, e0);
+            FX_STORE(out + i + FX_LANES, e1);
+        }
+        t0 = FX_ADD(t0, e0);
+        t1 = FX_ADD(t1, e1);
+    }
+    if (i + FX_LANES <= n) {
+        FX_V e0 = FX(fx_vexp)(FX_SUB(FX_LOAD(x + i), s));
+        if (out != NULL) FX_STORE(out + i, e0);
+        t0 = FX_ADD(t0, e0);
+        i += FX_LANES;
+    }
+    if (i < n) {
+        __m256i mask = FX_TAIL_MASK(n - i);
+        FX_V e1 = FX(fx_vexp)(FX_SUB(FX_MASKLOAD(x + i, mask), s));
+        if (out != NULL) FX_MASKSTORE(out + i, mask, e1);
+        t1 = FX_ADD(t1, e1);
+    }
+    return FX(fx_hsum)(FX_ADD(t0, t1));
+}
+#else
+/* Max of x[0:n]; -inf when empty. A NaN may or may not win: the exp sum then is NaN anyway. */
+static FX_ATTR REAL FX(fx_max)(const REAL *x, Py_ssize_t n) {
+    REAL best = -INFINITY;
+#pragma omp simd reduction(max : best)
+    for (Py_ssize_t i = 0; i < n; i++) best = x[i] > best ? x[i] : best;
+    return best;
+}
+
+/* sum(exp(x - shift)), and exp(x - shift) into out unless it is NULL (out may be x). */
+static inline FX_ATTR REAL FX(fx_sumexp_store)(const REAL *x, REAL *out, Py_ssize_t n, REAL shift) {
+    REAL total = 0;
+    if (out == NULL) {
+#pragma omp simd reduction(+ : total)
+        for (Py_ssize_t i = 0; i < n; i++) total += FX(fx_exp)(x[i] - shift);
+    } else {
+#pragma omp simd reduction(+ : total)
+        for (Py_ssize_t i = 0; i < n; i++) {
+            REAL e = FX(fx_exp)(x[i] - shift);
+            out[i] = e;
+            total += e;
+        }
+    }
+    return total;
+}
+#endif
+
+/* Rows of at most FX_SHORT elements. A loop per element, or an `omp simd`
+ * reduction (which spills its lanes to the stack, a store-forwarding stall
+ * per pass), costs more than a short row's arithmetic. With AVX2 the row is
+ * loaded masked into a fixed number of vectors padded with -inf: the max,
+ * the exps and the sum are a few vector instructions each, with butterfly
+ * reductions in a fixed order. Without AVX2, plain loops. Returns S, writes
+ * M and, unless out is NULL, exp(x - M). */
+#if FX_INTRINSICS
+#if FX_IS_DOUBLE
 static inline FX_ATTR REAL FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
     const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
     const __m256d minus_inf = _mm256_set1_pd(-INFINITY);
@@ -127,22 +268,6 @@ static inline FX_ATTR REAL FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t
     return _mm256_cvtsd_f64(s);
 }
 #else
-/* fx_exp on 8 lanes: the same operations, so the same values. */
-static inline FX_ATTR __m256 FX(fx_vexp)(__m256 x) {
-    x = _mm256_max_ps(_mm256_set1_ps(-88.0f), x); /* keeps a NaN x, as fx_exp's select does */
-    __m256 n = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269502f), _mm256_set1_ps(12583039.0f));
-    __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(n), 23));
-    n = _mm256_sub_ps(n, _mm256_set1_ps(12583039.0f));
-    __m256 t = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693145752f), x);
-    t = _mm256_fmadd_ps(n, _mm256_set1_ps(-1.42860677e-06f), t);
-    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.00828929059f), t, _mm256_set1_ps(0.0418978221f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.166676521f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.499991506f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.999999701f));
-    t = _mm256_mul_ps(t, scale);
-    return _mm256_fmadd_ps(t, p, scale);
-}
-
 static inline FX_ATTR REAL FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256 minus_inf = _mm256_set1_ps(-INFINITY);
@@ -186,14 +311,6 @@ static inline FX_ATTR REAL FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t
 }
 #endif
 
-/* S (as double) and M of `rows` consecutive rows of n <= FX_SHORT elements,
- * and their exps into out unless it is NULL. One call for many rows lets the
- * rows' dependency chains (max, exp, sum) overlap. */
-static FX_ATTR void FX(fx_short_rows)(const REAL *x, REAL *out, Py_ssize_t rows, Py_ssize_t n, REAL *shift,
-                                      double *total) {
-    for (Py_ssize_t r = 0; r < rows; r++) total[r] = FX(fx_short_row)(x + r * n, out == NULL ? NULL : out + r * n, n, shift + r);
-}
-
 /* Online normaliser over L1-sized chunks: returns S, writes M (0 for an all -inf row).
  * Chunks are summed in REAL (vectorised), chunk sums in double: a float running
  * total over 2**19 chunks drifts by ~1e-3. */
@@ -208,7 +325,7 @@ static FX_ATTR double FX(fx_shift_sum)(const REAL *x, Py_ssize_t n, REAL *shift_
             total *= FX(fx_exp)(best - chunk_max);
             best = chunk_max;
         }
-        total += FX(fx_sumexp)(x + start, len, best == -INFINITY ? (REAL)0 : best);
+        total += FX(fx_sumexp_store)(x + start, NULL, len, best == -INFINITY ? (REAL)0 : best);
     }
     *shift_out = best == -INFINITY ? (REAL)0 : best;
     return total;
@@ -222,19 +339,27 @@ static FX_ATTR double FX(fx_store_exp)(const REAL *x, REAL *out, Py_ssize_t n, R
     double total = 0;
     for (Py_ssize_t start = 0; start < n; start += FX_CHUNK) {
         Py_ssize_t len = n - start < FX_CHUNK ? n - start : FX_CHUNK;
-        const REAL *chunk = x + start;
-        REAL *stored = out + start;
-        REAL partial = 0;
-#pragma omp simd reduction(+ : partial)
-        for (Py_ssize_t i = 0; i < len; i++) {
-            REAL e = FX(fx_exp)(chunk[i] - shift);
-            stored[i] = e;
-            partial += e;
-        }
+        REAL partial = FX(fx_sumexp_store)(x + start, out + start, len, shift);
         total += partial;
     }
     *shift_out = shift;
     return total;
+}
+
+/* S and M of `rows` consecutive rows of n elements, and their exps into out
+ * unless it is NULL. One call for many rows lets the rows' dependency chains
+ * (max, exp, sum, and the call itself) overlap: a row of tens of classes is
+ * otherwise dominated by them. */
+static FX_ATTR void FX(fx_rows_sums)(const REAL *x, REAL *out, Py_ssize_t rows, Py_ssize_t n, REAL *shift,
+                                     double *total) {
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        if (n <= FX_SHORT)
+            total[r] = FX(fx_short_row)(x + r * n, out == NULL ? NULL : out + r * n, n, shift + r);
+        else if (out == NULL)
+            total[r] = FX(fx_shift_sum)(x + r * n, n, shift + r);
+        else
+            total[r] = FX(fx_store_exp)(x + r * n, out + r * n, n, shift + r);
+    }
 }
 
 /* out = scale * out - smooth * w (w may be NULL when smooth is 0). */
@@ -297,3 +422,15 @@ static FX_ATTR void FX(fx_tile_scale)(const REAL *x, REAL *out, Py_ssize_t n_cla
 #undef FX
 #undef FX_NAME3
 #undef FX_CAT3
+#undef FX_INTRINSICS
+#undef FX_LANES
+#undef FX_V
+#undef FX_LOAD
+#undef FX_STORE
+#undef FX_SET1
+#undef FX_MAX
+#undef FX_ADD
+#undef FX_SUB
+#undef FX_TAIL_MASK
+#undef FX_MASKLOAD
+#undef FX_MASKSTORE

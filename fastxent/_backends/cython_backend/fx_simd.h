@@ -59,7 +59,7 @@
         void (*tile_stats)(const REAL *, Py_ssize_t, Py_ssize_t, Py_ssize_t, REAL *, double *);          \
         void (*tile_scale)(const REAL *, REAL *, Py_ssize_t, Py_ssize_t, Py_ssize_t, const REAL *,       \
                            const REAL *, const REAL *, const REAL *);                                    \
-        void (*short_rows)(const REAL *, REAL *, Py_ssize_t, Py_ssize_t, REAL *, double *);              \
+        void (*rows_sums)(const REAL *, REAL *, Py_ssize_t, Py_ssize_t, REAL *, double *);               \
     } fx_table_##SUF;
 
 FX_TABLE(float, f32)
@@ -68,7 +68,7 @@ FX_TABLE(double, f64)
 #define FX_FILL(SUF, ISA)                                                                                \
     {fx_shift_sum_##SUF##_##ISA, fx_store_exp_##SUF##_##ISA, fx_scale_##SUF##_##ISA,                    \
      fx_shifted_##SUF##_##ISA, fx_tile_stats_##SUF##_##ISA, fx_tile_scale_##SUF##_##ISA,                 \
-     fx_short_rows_##SUF##_##ISA}
+     fx_rows_sums_##SUF##_##ISA}
 
 static fx_table_f32 fx_f32 = FX_FILL(f32, generic);
 static fx_table_f64 fx_f64 = FX_FILL(f64, generic);

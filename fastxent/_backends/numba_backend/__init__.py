@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._interface import FloatArray, IntArray, LossParams, fill_totals, row_scale
+from .._interface import FloatArray, IntArray, LossParams, fill_totals, row_outputs, row_scale
 from .._interface import index_target_stats as _numpy_target_stats
 from . import _launch, _rows, _tiles
 
@@ -60,14 +60,15 @@ class NumbaBackend:
         target: IntArray,
         weight: FloatArray | None,
         params: LossParams,
-        loss: FloatArray,
-        lse: FloatArray,
+        loss: FloatArray | None,
+        lse: FloatArray | None,
         grad: FloatArray | None,
         grad_scale: FloatArray | float | None,
         totals: FloatArray | None,
         n_threads: int,
     ) -> None:
         _, c, k = logits.shape
+        loss, lse = row_outputs(loss, lse, logits)
         if weight is None:
             weight = np.ones(c, dtype=logits.dtype)
         with_grad = grad is not None and grad_scale is not None
@@ -92,14 +93,15 @@ class NumbaBackend:
         target: FloatArray,
         weight: FloatArray | None,
         params: LossParams,
-        loss: FloatArray,
-        lse: FloatArray,
+        loss: FloatArray | None,
+        lse: FloatArray | None,
         grad: FloatArray | None,
         grad_scale: FloatArray | float | None,
         totals: FloatArray | None,
         n_threads: int,
     ) -> None:
         _, c, k = logits.shape
+        loss, lse = row_outputs(loss, lse, logits)
         if weight is None:
             weight = np.ones(c, dtype=logits.dtype)
         with_grad = grad is not None and grad_scale is not None
