@@ -105,7 +105,7 @@ class TestThreads:
         result = run_python("import fastxent; fastxent.get_num_threads()", FASTXENT_NUM_THREADS=bad)
         assert f"FASTXENT_NUM_THREADS must be an integer >= 1; got {bad!r}" in result.stderr.replace('"', "'")
 
-    # Both compiled backends run serially below 2**15 elements: these shapes are above it.
+    # Both compiled backends run serially below 2**15 (Numba) and 2**13 (Cython) elements: these shapes are above both.
     @pytest.mark.parametrize("shape", [(4096, 100), (4, 21, 64, 64)], ids=["2d", "class-axis-1"])
     def test_results_do_not_depend_on_thread_count(self, backend, shape, monkeypatch):
         rng = np.random.default_rng(0)

@@ -72,8 +72,11 @@ ISA = fx_init().decode("ascii")
 #: Whether this extension was compiled with OpenMP (else every kernel is serial).
 OPENMP = bool(FX_OPENMP)
 #: Fewer elements than this run on one thread. Measured on 2 cores (float32,
-#: C = 100): 2 threads are 1.09x as fast at 16K elements, 1.18x at 32K.
-SERIAL_BELOW = 1 << 15
+#: python -m fastxent bench latency shapes): at 2**13 elements and above two
+#: threads win (256x100 loss 21.7 -> 15.1 us, 1024x10 28.2 -> 18.6 us); the
+#: earlier 2**15 predates the per-call overhead cuts.
+SERIAL_BELOW = 1 << 13
+cdef Py_ssize_t serial_below = SERIAL_BELOW
 #: Bytes of logits per tile when the class axis is not last.
 TILE_BYTES = 32 * 1024
 
@@ -92,7 +95,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 cdef int threads_for(Py_ssize_t n_elements, int n_threads) noexcept:
-    if not OPENMP or _forked_child or n_elements < SERIAL_BELOW or n_threads < 1:
+    if not FX_OPENMP or _forked_child or n_elements < serial_below or n_threads < 1:
         return 1
     return n_threads
 
