@@ -1,20 +1,25 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Cython + OpenMP kernels: the compiled fallback of the Numba backend.
+"""Cython kernels with their own thread pool: no JIT start-up, small per-call cost.
 
 Layers, as in scikit-learn's ``_loss``: vectorised C primitives (fx_simd.h,
 with run-time AVX2 dispatch), per-row and per-tile ``noexcept nogil``
 functions here, ``*_units`` functions that run a contiguous range of rows or
-tiles with their own scratch (allocated once per range), and drivers that
-give each thread one static range through ``prange`` with an explicit thread
-count, or run all units in a plain loop on one thread. Rows are independent, so results do not depend on the
-thread count. Inputs were validated in Python before the ``nogil`` block.
+tiles with their own scratch (allocated once per range), and entry points
+that describe the call as a ``Job`` and run its units either in a plain loop
+on one thread or in chunks on fx_pool.h's threads, which the caller never
+waits for unless they have started a chunk (why not an OpenMP region: see
+fx_pool.h). Rows are independent and sums over rows are taken in row order
+afterwards, so results do not depend on the thread count. Inputs were
+validated in Python before the ``nogil`` block.
+
+The parallel build is still switched by OpenMP support (``FASTXENT_USE_OPENMP``,
+``OPENMP`` below), which setup.py probes for; its threads are the pool's.
 
 Soft-capped rows are first written capped into scratch, then run through
 the same primitives; the gradient is multiplied by the cap's slope.
 """
 
 cimport numpy as cnp
-from cython.parallel cimport prange
 from libc.math cimport INFINITY, exp, isnan, log, logf, tanh
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
@@ -69,7 +74,7 @@ ctypedef fused index_t:
 
 #: The instruction set the primitives run with ("avx2+fma", "baseline" or "native").
 ISA = fx_init().decode("ascii")
-#: Whether this extension was compiled with OpenMP (else every kernel is serial).
+#: Whether this is the parallel build (compiled with OpenMP; else every kernel is serial).
 OPENMP = bool(FX_OPENMP)
 #: Fewer elements than this run on one thread. Measured on 2 cores (float32,
 #: python -m fastxent bench latency shapes): at 2**13 elements and above two
@@ -80,9 +85,8 @@ cdef Py_ssize_t serial_below = SERIAL_BELOW
 #: Bytes of logits per tile when the class axis is not last.
 TILE_BYTES = 32 * 1024
 
-# GNU OpenMP is not fork-safe: a child forked after a parallel region can hang
-# in its first one. A forked child therefore runs every kernel serially,
-# without entering OpenMP at all.
+# A forked child has none of the parent's pool threads (and a pool mutex may
+# have been held at the fork): a forked child runs every kernel serially.
 cdef bint _forked_child = False
 
 
@@ -94,7 +98,7 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-cdef int threads_for(Py_ssize_t n_elements, int n_threads) noexcept:
+cdef int threads_for(Py_ssize_t n_elements, int n_threads) noexcept nogil:
     if not FX_OPENMP or _forked_child or n_elements < serial_below or n_threads < 1:
         return 1
     return n_threads
@@ -493,8 +497,8 @@ cdef void xent_probs_tile(const real *xb, const real *tb, real *gb, Py_ssize_t n
 
 # ---------------------------------------------------------------- units of work
 # Each processes one row (K == 1) or one tile (K > 1) given raw pointers; the
-# drivers below run them in a plain loop on one thread (never entering OpenMP)
-# or in a prange. Each returns 1 when its scratch could not be allocated.
+# entry points below run them in a plain loop on one thread or in chunks on
+# the pool. Each returns 1 when its scratch could not be allocated.
 
 cdef inline void lse_unit(const real *x, real *out, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w,
                           TileScratch s) noexcept nogil:
@@ -589,15 +593,6 @@ cdef int lse_units(Layout L, const real *x, real *out, Py_ssize_t first, Py_ssiz
     return not s.ok
 
 
-cdef int lse_run(Layout L, const real *x, real *out, int threads) noexcept nogil:
-    cdef int part, failed = 0
-    if threads == 1:
-        return lse_units(L, x, out, 0, L.units)
-    for part in prange(threads, schedule="static", num_threads=threads):
-        failed += lse_units(L, x, out, first_unit(L, part, threads), first_unit(L, part + 1, threads))
-    return failed
-
-
 cdef int softmax_units(Layout L, const real *x, real *out, bint log_space, Py_ssize_t first,
                        Py_ssize_t last) noexcept nogil:
     cdef TileScratch s = new_scratch(L.width, L.n_classes, sizeof(real), False, False, 0)
@@ -608,15 +603,6 @@ cdef int softmax_units(Layout L, const real *x, real *out, bint log_space, Py_ss
             softmax_unit(x + offset, out + offset, L.n_classes, L.stride, w, log_space, s)
     free_scratch(s)
     return not s.ok
-
-
-cdef int softmax_run(Layout L, const real *x, real *out, bint log_space, int threads) noexcept nogil:
-    cdef int part, failed = 0
-    if threads == 1:
-        return softmax_units(L, x, out, log_space, 0, L.units)
-    for part in prange(threads, schedule="static", num_threads=threads):
-        failed += softmax_units(L, x, out, log_space, first_unit(L, part, threads), first_unit(L, part + 1, threads))
-    return failed
 
 
 cdef struct LossArgs:
@@ -708,17 +694,6 @@ cdef int xent_index_units(Layout L, LossArgs a, const real *x, real *g, const in
     return not s.ok
 
 
-cdef int xent_index_run(Layout L, LossArgs a, const real *x, real *g, const index_t *y, const real *weight,
-                        real *loss, real *lse, const double *gs, int threads) noexcept nogil:
-    cdef int part, failed = 0
-    if threads == 1:
-        return xent_index_units(L, a, x, g, y, weight, loss, lse, gs, 0, L.units)
-    for part in prange(threads, schedule="static", num_threads=threads):
-        failed += xent_index_units(L, a, x, g, y, weight, loss, lse, gs, first_unit(L, part, threads),
-                                   first_unit(L, part + 1, threads))
-    return failed
-
-
 cdef inline void xent_probs_unit(const real *x, const real *t, real *g, Py_ssize_t n_classes, Py_ssize_t stride,
                                  Py_ssize_t w, const real *weight, double eps, double cap, double z_coef, real *loss,
                                  real *lse, const double *gs, bint with_grad, TileScratch s) noexcept nogil:
@@ -744,15 +719,63 @@ cdef int xent_probs_units(Layout L, LossArgs a, const real *x, const real *t, re
     return not s.ok
 
 
-cdef int xent_probs_run(Layout L, LossArgs a, const real *x, const real *t, real *g, const real *weight,
-                        real *loss, real *lse, const double *gs, int threads) noexcept nogil:
-    cdef int part, failed = 0
+cdef extern from "fx_pool.h" nogil:
+    ctypedef int (*fx_task)(void *context, Py_ssize_t first, Py_ssize_t last) noexcept nogil
+    int fx_pool_run(int threads, Py_ssize_t units, Py_ssize_t chunk, fx_task task, void *context)
+
+
+cdef enum Kernel:
+    LSE, SOFTMAX, XENT_INDEX, XENT_PROBS
+
+
+cdef struct Job:
+    Kernel kernel
+    Layout L
+    LossArgs a
+    bint log_space
+    bint wide_index   # int64 class indices (else int32)
+    const void *x
+    const void *target
+    void *out         # softmax / lse output, or the gradient
+    const void *weight
+    void *loss
+    void *lse
+    const double *gs
+
+
+cdef int job_units(Job *j, const real *x, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    """Run units [first, last) of a job in the logits' type (``x`` only selects it)."""
+    if j.kernel == LSE:
+        return lse_units(j.L, x, <real *>j.out, first, last)
+    if j.kernel == SOFTMAX:
+        return softmax_units(j.L, x, <real *>j.out, j.log_space, first, last)
+    if j.kernel == XENT_PROBS:
+        return xent_probs_units(j.L, j.a, x, <const real *>j.target, <real *>j.out, <const real *>j.weight,
+                                <real *>j.loss, <real *>j.lse, j.gs, first, last)
+    if j.wide_index:
+        return xent_index_units(j.L, j.a, x, <real *>j.out, <const int64_t *>j.target, <const real *>j.weight,
+                                <real *>j.loss, <real *>j.lse, j.gs, first, last)
+    return xent_index_units(j.L, j.a, x, <real *>j.out, <const int32_t *>j.target, <const real *>j.weight,
+                            <real *>j.loss, <real *>j.lse, j.gs, first, last)
+
+
+cdef int job_task(void *context, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    cdef Job *j = <Job *>context
+    if j.L.itemsize == 4:
+        return job_units(j, <const float *>j.x, first, last)
+    return job_units(j, <const double *>j.x, first, last)
+
+
+cdef int run(Job *j, Py_ssize_t n_elements, int n_threads) noexcept nogil:
+    """Run a job's units on the pool: chunks of at least ~4K elements, about four per thread."""
+    cdef int threads = threads_for(n_elements, n_threads)
+    cdef Py_ssize_t per_unit = max(1, j.L.n_classes * j.L.width)
+    cdef Py_ssize_t chunk = max((4096 + per_unit - 1) // per_unit, (j.L.units + 4 * threads - 1) // (4 * threads))
+    if j.L.units == 0:
+        return 0
     if threads == 1:
-        return xent_probs_units(L, a, x, t, g, weight, loss, lse, gs, 0, L.units)
-    for part in prange(threads, schedule="static", num_threads=threads):
-        failed += xent_probs_units(L, a, x, t, g, weight, loss, lse, gs, first_unit(L, part, threads),
-                                   first_unit(L, part + 1, threads))
-    return failed
+        return job_task(j, 0, j.L.units)
+    return fx_pool_run(threads, j.L.units, chunk, job_task, j)
 
 
 cdef void row_totals(const real *loss, const real *lse, Py_ssize_t n, double *totals) noexcept nogil:
@@ -764,6 +787,13 @@ cdef void row_totals(const real *loss, const real *lse, Py_ssize_t n, double *to
         square_sum += <double>lse[i] * <double>lse[i]
     totals[0] = loss_sum
     totals[1] = square_sum
+
+
+cdef void totals_of(Job *j, Py_ssize_t rows, double *totals) noexcept nogil:
+    if j.L.itemsize == 4:
+        row_totals(<const float *>j.loss, <const float *>j.lse, rows, totals)
+    else:
+        row_totals(<const double *>j.loss, <const double *>j.lse, rows, totals)
 
 
 # ---------------------------------------------------------------- entry points
@@ -785,28 +815,36 @@ cdef inline int check(int failed) except -1:
     return 0
 
 
+cdef Job new_job(Kernel kernel, cnp.ndarray x, object out):
+    cdef Job j
+    memset(&j, 0, sizeof(j))
+    j.kernel = kernel
+    j.L = layout_of(x)
+    j.x = data(x)
+    j.out = NULL if out is None else data(out)
+    return j
+
+
 def logsumexp(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads):
     """``out (B, K) = log(sum(exp(x), axis=1))``."""
-    cdef Layout L = layout_of(x)
-    cdef int threads = threads_for(cnp.PyArray_SIZE(x), n_threads)
-    if L.units == 0:
-        return
-    if single(x):
-        check(lse_run(L, <const float *>data(x), <float *>data(out), threads))
-    else:
-        check(lse_run(L, <const double *>data(x), <double *>data(out), threads))
+    cdef Job j = new_job(LSE, x, out)
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
+    cdef int failed
+    with nogil:
+        failed = run(&j, size, n_threads)
+    check(failed)
 
 
 def softmax(cnp.ndarray x not None, cnp.ndarray out not None, bint log_space, int n_threads):
     """Softmax (or log-softmax) over axis 1 of ``x (B, C, K)``; ``out`` may be ``x``."""
-    cdef Layout L = layout_of(x)
-    cdef int threads = threads_for(cnp.PyArray_SIZE(x), n_threads)
-    if cnp.PyArray_SIZE(x) == 0:
-        return
-    if single(x):
-        check(softmax_run(L, <const float *>data(x), <float *>data(out), log_space, threads))
-    else:
-        check(softmax_run(L, <const double *>data(x), <double *>data(out), log_space, threads))
+    cdef Job j = new_job(SOFTMAX, x, out)
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
+    cdef int failed = 0
+    j.log_space = log_space
+    if size:
+        with nogil:
+            failed = run(&j, size, n_threads)
+    check(failed)
 
 
 cdef LossArgs loss_args(Layout L, object params, object grad, object grad_scale, bint index):
@@ -853,48 +891,31 @@ cdef void *row_outputs(object loss, object lse, Py_ssize_t rows, Py_ssize_t item
 def cross_entropy_index(cnp.ndarray x not None, cnp.ndarray target not None, object weight, object params,
                         object loss, object lse, object grad, object grad_scale, object totals, int n_threads):
     """Cross-entropy with class indices; see the backend interface for the arguments."""
-    cdef Layout L = layout_of(x)
-    cdef int threads = threads_for(cnp.PyArray_SIZE(x), n_threads), failed = 0
-    cdef LossArgs a = loss_args(L, params, grad, grad_scale, True)
-    cdef Py_ssize_t c, rows = x.shape[0] * x.shape[2]
+    cdef Job j = new_job(XENT_INDEX, x, grad)
+    cdef Py_ssize_t c, size = cnp.PyArray_SIZE(x), rows = x.shape[0] * x.shape[2]
+    cdef int failed = 0
     # Rows without smoothing read only w[y]; tiles and smoothing read the whole weight array.
-    cdef void *ones = unit_weights(L, weight, a.eps > 0 or L.stride > 1)
-    cdef void *w = ones if ones != NULL else (NULL if weight is None else data(weight))
-    cdef void *g = NULL if grad is None else data(grad)
-    cdef const double *gs = <const double *>data(grad_scale) if isinstance(grad_scale, cnp.ndarray) else NULL
-    cdef const void *xp = data(x)
-    cdef const void *yp = data(target)
-    cdef void *lp
-    cdef void *sp
-    cdef void *rows_scratch = row_outputs(loss, lse, rows, L.itemsize, &lp, &sp)
-    if (w == NULL and weight is None and (a.eps > 0 or L.stride > 1) and L.n_classes) or lp == NULL:
+    j.a = loss_args(j.L, params, grad, grad_scale, True)
+    cdef void *ones = unit_weights(j.L, weight, j.a.eps > 0 or j.L.stride > 1)
+    cdef void *rows_scratch = row_outputs(loss, lse, rows, j.L.itemsize, &j.loss, &j.lse)
+    j.weight = ones if ones != NULL else (NULL if weight is None else data(weight))
+    j.gs = <const double *>data(grad_scale) if isinstance(grad_scale, cnp.ndarray) else NULL
+    j.target = data(target)
+    j.wide_index = cnp.PyArray_ITEMSIZE(target) == 8
+    if (j.weight == NULL and weight is None and (j.a.eps > 0 or j.L.stride > 1) and j.L.n_classes) or j.loss == NULL:
         free(ones)
         free(rows_scratch)
         raise MemoryError("fastxent: could not allocate unit weights or row outputs")
-    if w != NULL:
-        for c in range(L.n_classes):
-            a.weight_sum += (<float *>w)[c] if L.itemsize == 4 else (<double *>w)[c]
+    if j.weight != NULL:
+        for c in range(j.L.n_classes):
+            j.a.weight_sum += (<const float *>j.weight)[c] if j.L.itemsize == 4 else (<const double *>j.weight)[c]
     else:
-        a.weight_sum = L.n_classes
-    if L.units:
-        if L.itemsize == 4 and cnp.PyArray_ITEMSIZE(target) == 8:
-            failed = xent_index_run(L, a, <const float *>xp, <float *>g, <const int64_t *>yp, <const float *>w,
-                                    <float *>lp, <float *>sp, gs, threads)
-        elif L.itemsize == 4:
-            failed = xent_index_run(L, a, <const float *>xp, <float *>g, <const int32_t *>yp, <const float *>w,
-                                    <float *>lp, <float *>sp, gs, threads)
-        elif cnp.PyArray_ITEMSIZE(target) == 8:
-            failed = xent_index_run(L, a, <const double *>xp, <double *>g, <const int64_t *>yp, <const double *>w,
-                                    <double *>lp, <double *>sp, gs, threads)
-        else:
-            failed = xent_index_run(L, a, <const double *>xp, <double *>g, <const int32_t *>yp, <const double *>w,
-                                    <double *>lp, <double *>sp, gs, threads)
-    free(ones)
+        j.a.weight_sum = j.L.n_classes
+    with nogil:
+        failed = run(&j, size, n_threads)
     if totals is not None and not failed:
-        if L.itemsize == 4:
-            row_totals(<const float *>lp, <const float *>sp, rows, <double *>data(totals))
-        else:
-            row_totals(<const double *>lp, <const double *>sp, rows, <double *>data(totals))
+        totals_of(&j, rows, <double *>data(totals))
+    free(ones)
     free(rows_scratch)
     check(failed)
 
@@ -902,43 +923,34 @@ def cross_entropy_index(cnp.ndarray x not None, cnp.ndarray target not None, obj
 def cross_entropy_probs(cnp.ndarray x not None, cnp.ndarray target not None, object weight, object params,
                         object loss, object lse, object grad, object grad_scale, object totals, int n_threads):
     """Cross-entropy with class probabilities; see the backend interface for the arguments."""
-    cdef Layout L = layout_of(x)
-    cdef int threads = threads_for(cnp.PyArray_SIZE(x), n_threads), failed = 0
-    cdef LossArgs a = loss_args(L, params, grad, grad_scale, False)
-    cdef Py_ssize_t b, rows = x.shape[0] * x.shape[2]
-    cdef void *ones = unit_weights(L, weight, True)
-    cdef void *w = ones if ones != NULL else data(weight)
-    cdef void *g = NULL if grad is None else data(grad)
-    cdef const double *gs = <const double *>data(grad_scale) if isinstance(grad_scale, cnp.ndarray) else NULL
-    cdef void *lp
-    cdef void *sp
-    cdef void *rows_scratch = row_outputs(loss, lse, rows, L.itemsize, &lp, &sp)
-    if (weight is None and ones == NULL) or lp == NULL:
+    cdef Job j = new_job(XENT_PROBS, x, grad)
+    cdef Py_ssize_t b, size = cnp.PyArray_SIZE(x), rows = x.shape[0] * x.shape[2]
+    cdef int failed = 0
+    j.a = loss_args(j.L, params, grad, grad_scale, False)
+    cdef void *ones = unit_weights(j.L, weight, True)
+    cdef void *rows_scratch = row_outputs(loss, lse, rows, j.L.itemsize, &j.loss, &j.lse)
+    j.weight = ones if ones != NULL else data(weight)
+    j.gs = <const double *>data(grad_scale) if isinstance(grad_scale, cnp.ndarray) else NULL
+    j.target = data(target)
+    if (weight is None and ones == NULL) or j.loss == NULL:
         free(ones)
         free(rows_scratch)
         raise MemoryError("fastxent: could not allocate unit weights or row outputs")
-    if L.n_classes == 0:
+    if j.L.n_classes == 0:
         # No classes: every loss is an empty sum.
         for b in range(rows):
-            if L.itemsize == 4:
-                (<float *>lp)[b] = 0
-                (<float *>sp)[b] = -INFINITY
+            if j.L.itemsize == 4:
+                (<float *>j.loss)[b] = 0
+                (<float *>j.lse)[b] = -INFINITY
             else:
-                (<double *>lp)[b] = 0
-                (<double *>sp)[b] = -INFINITY
-    elif L.units:
-        if L.itemsize == 4:
-            failed = xent_probs_run(L, a, <const float *>data(x), <const float *>data(target), <float *>g,
-                                    <const float *>w, <float *>lp, <float *>sp, gs, threads)
-        else:
-            failed = xent_probs_run(L, a, <const double *>data(x), <const double *>data(target), <double *>g,
-                                    <const double *>w, <double *>lp, <double *>sp, gs, threads)
-    free(ones)
+                (<double *>j.loss)[b] = 0
+                (<double *>j.lse)[b] = -INFINITY
+    else:
+        with nogil:
+            failed = run(&j, size, n_threads)
     if totals is not None and not failed:
-        if L.itemsize == 4:
-            row_totals(<const float *>lp, <const float *>sp, rows, <double *>data(totals))
-        else:
-            row_totals(<const double *>lp, <const double *>sp, rows, <double *>data(totals))
+        totals_of(&j, rows, <double *>data(totals))
+    free(ones)
     free(rows_scratch)
     check(failed)
 
