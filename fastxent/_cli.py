@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from . import _bench, _bench_latency, _bench_peers, _config, _dispatch
+from . import _bench, _bench_latency, _bench_load, _bench_peers, _config, _dispatch
 from ._version import __version__
 
 T = TypeVar("T")
@@ -165,7 +165,27 @@ def _progress(
     return results
 
 
+def _under_load_command(args: argparse.Namespace) -> int:
+    print("cross_entropy_and_grad at 1024x1000 float32 while 2 processes loop fastxent on 8192x1000 (~12 s)")
+    rows = [["backend", "neighbours'", "threads", "ms/call", "1 thread", "slowdown"]]
+    for backend in args.backends or ["auto", *_dispatch.available_backends()]:
+        for neighbour in ("cython", "numba"):
+            if neighbour not in _dispatch.available_backends():
+                continue
+            result = _bench_load.measure_under_load(backend=backend, neighbour_backend=neighbour)
+            rows.append(
+                [backend, neighbour, str(result.threads), f"{result.default_ms:.2f}", f"{result.one_thread_ms:.2f}",
+                 f"{result.slowdown:.2f}"]
+            )  # fmt: skip
+            print(_render(rows[:1] + rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(_render(rows))
+    return 0
+
+
 def _bench_command(args: argparse.Namespace) -> int:
+    if args.under_load:
+        return _under_load_command(args)
     if args.threads is not None:
         _dispatch.set_num_threads(args.threads)
     threads = _dispatch.get_num_threads()
@@ -268,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--no-peers", action="store_true", help="skip torch / jax / tensorflow (NumPy by hand is still measured)"
+    )
+    bench.add_argument(
+        "--under-load",
+        action="store_true",
+        help="instead: time a call with default threads and with one while 2 other processes loop fastxent",
     )
     bench.add_argument("--json", metavar="FILE", help="write the raw numbers as JSON")
     bench.add_argument("--plot", metavar="FILE.png", help="write a bar chart (needs matplotlib)")

@@ -148,3 +148,12 @@ def test_measure_latency_times_auto_each_backend_and_numpy_by_hand():
         assert list(case.backends) == ["auto", "numpy"] and list(case.peers) == ["numpy-hand"]
         assert all(value > 0 for value in [*case.backends.values(), *case.peers.values()])
         assert case.formulations == {"numpy-hand": PEERS["numpy-hand"].formulations[0]}
+
+
+def test_under_load_benchmark_times_both_thread_counts():
+    from fastxent import _bench_load
+
+    result = _bench_load.measure_under_load(shape=(64, 100), neighbours=1, seconds=3.0, calls=5)
+    assert result.default_ms > 0 and result.one_thread_ms > 0
+    assert result.slowdown == result.default_ms / result.one_thread_ms
+    assert fastxent.get_num_threads() == result.threads
