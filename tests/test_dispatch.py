@@ -189,3 +189,61 @@ def test_cython_build_is_the_expected_variant():
     if expected is not None:
         assert cython_backend.OPENMP == (expected == "1")
     assert f"OpenMP {'on' if cython_backend.OPENMP else 'off'}" in "\n".join(fastxent._config.config_lines())
+
+
+class TestCallDependentChoice:
+    def test_get_backend_names_the_backend_of_a_given_input(self):
+        available = fastxent.available_backends()
+        small, large = np.zeros((128, 10), np.float32), 2**21
+        if "cython" in available:
+            assert fastxent.get_backend(small) == "cython"
+            assert fastxent.get_backend(size=small.size) == "cython"
+        if "numba" in available:
+            assert fastxent.get_backend(large) == "numba"
+            assert fastxent.get_backend() == "numba"
+
+    def test_the_named_backend_is_the_one_that_runs(self, monkeypatch):
+        calls = []
+        small = np.zeros((128, 10), np.float32)
+        name = fastxent.get_backend(small)
+        backend = _dispatch._loaded[name]
+        original = backend.cross_entropy_index
+
+        def spy(*args):
+            calls.append(name)
+            return original(*args)
+
+        monkeypatch.setattr(backend, "cross_entropy_index", spy)
+        monkeypatch.setattr(_dispatch, "_resolved", {})
+        fastxent.cross_entropy(small, np.zeros(128, np.int64))
+        assert calls == [name]
+
+
+class TestThreadCountCache:
+    def test_default_is_worked_out_once_and_again_after_set_num_threads_none(self, monkeypatch):
+        monkeypatch.setattr(_dispatch, "_process_threads", None)
+        monkeypatch.setattr(_dispatch, "_ENV_THREADS", "")
+        monkeypatch.setattr(_dispatch, "_default_threads", None)
+        reads = []
+        monkeypatch.setattr(_dispatch, "_usable_cpus", lambda: reads.append(1) or 2)
+        assert fastxent.get_num_threads() == 2 and fastxent.get_num_threads() == 2
+        assert len(reads) == 1
+        monkeypatch.setattr(_dispatch, "_usable_cpus", lambda: 1)
+        assert fastxent.get_num_threads() == 2
+        fastxent.set_num_threads(None)
+        assert fastxent.get_num_threads() == 1
+
+    def test_a_forked_child_works_the_default_out_again(self):
+        code = (
+            "import os, fastxent\n"
+            "from fastxent import _dispatch\n"
+            "fastxent.get_num_threads()\n"
+            "assert _dispatch._default_threads is not None\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    os._exit(0 if _dispatch._default_threads is None else 3)\n"
+            "_, status = os.waitpid(pid, 0)\n"
+            "print(os.waitstatus_to_exitcode(status))\n"
+        )
+        result = run_python(code)
+        assert result.stdout.strip() == "0", result.stderr
