@@ -152,7 +152,8 @@ class NumpyBackend:
             log_probs, row_lse = _log_softmax_parts(x)
             smoothed = target * (1 - eps) + eps / n_classes if eps > 0 else target
             weighted_target = smoothed * weight[None, :, None]
-            loss[...] = -np.sum(log_probs * weighted_target, axis=1)
+            # + 0.0 turns the -0.0 of an empty sum (no classes) into the 0.0 every backend gives.
+            loss[...] = -np.sum(log_probs * weighted_target, axis=1) + 0.0
             lse[...] = row_lse
             fill_totals(loss, lse, totals)
             if grad is None or grad_scale is None:

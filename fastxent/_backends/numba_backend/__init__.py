@@ -102,6 +102,12 @@ class NumbaBackend:
     ) -> None:
         _, c, k = logits.shape
         loss, lse = row_outputs(loss, lse, logits)
+        if c == 0:
+            # No classes: every loss is an empty sum (the kernels would form 0 * -inf).
+            loss[...] = 0
+            lse[...] = -np.inf
+            fill_totals(loss, lse, totals)
+            return
         if weight is None:
             weight = np.ones(c, dtype=logits.dtype)
         with_grad = grad is not None and grad_scale is not None
