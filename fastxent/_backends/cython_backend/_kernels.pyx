@@ -20,7 +20,7 @@ the same primitives; the gradient is multiplied by the cap's slope.
 """
 
 cimport numpy as cnp
-from libc.math cimport INFINITY, exp, isnan, log, logf, tanh
+from libc.math cimport INFINITY, exp, isnan, log, log1p, log1pf, logf, tanh
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
@@ -171,12 +171,20 @@ cdef inline double log_sum(const real *dtype, double total) noexcept nogil:
         return log(total)
 
 
-cdef inline void rows_sums(const real *x, real *out, Py_ssize_t rows, Py_ssize_t n, real *shift,
-                           double *total) noexcept nogil:
+cdef inline double log1p_rest(const real *dtype, double rest) noexcept nogil:
+    """``log(S) = log1p(S')`` of a row's S' (fx_rest): relatively accurate when one class dominates."""
     if real is float:
-        fx_f32.rows_sums(x, out, rows, n, shift, total)
+        return log1pf(<float>rest)
     else:
-        fx_f64.rows_sums(x, out, rows, n, shift, total)
+        return log1p(rest)
+
+
+cdef inline void rows_sums(const real *x, real *out, Py_ssize_t rows, Py_ssize_t n, real *shift,
+                           double *rest) noexcept nogil:
+    if real is float:
+        fx_f32.rows_sums(x, out, rows, n, shift, rest)
+    else:
+        fx_f64.rows_sums(x, out, rows, n, shift, rest)
 
 
 cdef inline real capped(real value, double cap) noexcept nogil:
@@ -197,7 +205,8 @@ cdef inline void cap_into(const real *x, real *out, Py_ssize_t n, double cap) no
         out[n + i] = <real>(1.0 - t * t)
 
 
-cdef inline real special_lse(const real *x, Py_ssize_t n, Py_ssize_t stride, real shift, double total) noexcept nogil:
+cdef inline real special_lse(const real *x, Py_ssize_t n, Py_ssize_t stride, real shift,
+                             double log_total) noexcept nogil:
     """``M + log(S)``, except that a ``+inf`` logit gives ``+inf`` (NaN if the row has a NaN)."""
     cdef Py_ssize_t i
     if shift == INFINITY:
@@ -205,7 +214,7 @@ cdef inline real special_lse(const real *x, Py_ssize_t n, Py_ssize_t stride, rea
             if isnan(x[i * stride]):
                 return x[i * stride]
         return shift
-    return shift + <real>log_sum(x, total)
+    return shift + <real>log_total
 
 
 # ---------------------------------------------------------------- rows (K == 1)
@@ -220,22 +229,24 @@ cdef inline double weighted_sum(const real *z, const real *weight, Py_ssize_t n)
 
 
 cdef void xent_index_finish(real *g, Py_ssize_t n, Py_ssize_t y, real x_y, double weighted, const real *weight,
-                            double weight_sum, double eps, double z_coef, real shift, double total, real *loss,
+                            double weight_sum, double eps, double z_coef, real shift, double rest, real *loss,
                             real *lse, double gs, bint with_grad, const real *slopes) noexcept nogil:
-    """A row's loss, lse and gradient once its max ``shift`` and ``total`` = S are known.
+    """A row's loss, lse and gradient once its max ``shift`` and ``rest`` = S' (fx_rest) are known.
 
     ``x_y`` is the (capped) target logit and ``weighted`` = ``sum(weight * z)``
     (read before ``g``, which may be the row itself, was written); ``g`` holds
     ``exp(z - shift)`` when ``with_grad``; ``slopes`` is the softcap's slope
-    per class, or NULL without a cap.
+    per class, or NULL without a cap. A target that is the row's maximum gets
+    ``log1p(S')`` as its loss and ``-S' / (1 + S')`` in its gradient, both
+    relatively accurate however small S' is.
     """
-    cdef double w_y, log_total, row_lse, value, a
+    cdef double w_y, log_total, row_lse, value, a, c, total = 1.0 + rest
     cdef double smooth = eps / n
     cdef real scale
     cdef Py_ssize_t i
     # No weights (NULL) means unit weights; smoothing always gets an array.
     w_y = 1.0 if weight == NULL else weight[y]
-    log_total = log_sum(&x_y, total)
+    log_total = log1p_rest(&x_y, rest)
     row_lse = <double>shift + log_total
     value = (1.0 - eps) * w_y * (<double>(shift - x_y) + log_total)
     if eps > 0:
@@ -257,7 +268,13 @@ cdef void xent_index_finish(real *g, Py_ssize_t n, Py_ssize_t y, real x_y, doubl
     if slopes != NULL:
         for i in range(n):
             g[i] = g[i] * slopes[i]
-    g[y] = g[y] - <real>(gs * (1.0 - eps) * w_y * (slopes[y] if slopes != NULL else 1.0))
+    c = gs * (1.0 - eps) * w_y
+    if x_y == shift:
+        # exp(x_y - M) = 1: a / S - c = ((a - c) - c * S') / S, with no cancellation.
+        g[y] = <real>((((a - c) - c * rest) / total - gs * smooth * (w_y if eps > 0 else 0.0))
+                      * (slopes[y] if slopes != NULL else 1.0))
+    else:
+        g[y] = g[y] - <real>(c * (slopes[y] if slopes != NULL else 1.0))
 
 
 cdef void xent_index_row(const real *x, real *g, Py_ssize_t n, Py_ssize_t y, const real *weight,
@@ -265,7 +282,7 @@ cdef void xent_index_row(const real *x, real *g, Py_ssize_t n, Py_ssize_t y, con
                          double gs, bint with_grad, real *scratch) noexcept nogil:
     cdef const real *z = x
     cdef real shift
-    cdef double total, weighted = 0
+    cdef double rest, weighted = 0
     if cap != 0:
         cap_into(x, scratch, n, cap)
         z = scratch
@@ -273,10 +290,10 @@ cdef void xent_index_row(const real *x, real *g, Py_ssize_t n, Py_ssize_t y, con
     if eps > 0:
         weighted = weighted_sum(z, weight, n)
     if with_grad:
-        total = store_exp(z, g, n, &shift)
+        rest = store_exp(z, g, n, &shift)
     else:
-        total = shift_sum(z, n, &shift)
-    xent_index_finish(g, n, y, x_y, weighted, weight, weight_sum, eps, z_coef, shift, total, loss, lse, gs,
+        rest = shift_sum(z, n, &shift)
+    xent_index_finish(g, n, y, x_y, weighted, weight, weight_sum, eps, z_coef, shift, rest, loss, lse, gs,
                       with_grad, scratch + n if cap != 0 else NULL)
 
 
@@ -284,10 +301,10 @@ cdef void xent_probs_row(const real *x, const real *t, real *g, Py_ssize_t n, co
                          double cap, double z_coef, real *loss, real *lse, double gs, bint with_grad,
                          real *scratch) noexcept nogil:
     cdef const real *z = x
-    cdef real shift
-    cdef double total, mass = 0, moment = 0, wt, row_lse, a
+    cdef real shift, best = -INFINITY
+    cdef double rest, total, mass = 0, moment = 0, wt, row_lse, a, mass_m = 0
     cdef double keep = 1.0 - eps, uniform = eps / n
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, m = -1
     if cap != 0:
         cap_into(x, scratch, n, cap)
         z = scratch
@@ -295,11 +312,17 @@ cdef void xent_probs_row(const real *x, const real *t, real *g, Py_ssize_t n, co
         wt = <double>weight[i] * (<double>t[i] * keep + uniform)
         mass += wt
         moment += wt * <double>z[i]
+        if z[i] > best:
+            best = z[i]
+            m = i
+    if m >= 0:
+        mass_m = <double>weight[m] * (<double>t[m] * keep + uniform)
     if with_grad:
-        total = store_exp(z, g, n, &shift)
+        rest = store_exp(z, g, n, &shift)
     else:
-        total = shift_sum(z, n, &shift)
-    row_lse = <double>shift + log_sum(x, total)
+        rest = shift_sum(z, n, &shift)
+    total = 1.0 + rest
+    row_lse = <double>shift + log1p_rest(x, rest)
     loss[0] = <real>(mass * row_lse - moment)
     lse[0] = <real>row_lse
     if not with_grad:
@@ -309,7 +332,11 @@ cdef void xent_probs_row(const real *x, const real *t, real *g, Py_ssize_t n, co
         a = a + gs * 2.0 * z_coef * row_lse
     scale_row(g, n, <real>(a / total), <real>0, NULL)
     for i in range(n):
-        g[i] = g[i] - <real>(gs * weight[i]) * (t[i] * <real>keep + <real>uniform)
+        if i == m and best == shift:
+            # exp(z_m - M) = 1: a / S - gs * t'_m = (a - gs * t'_m * S) / S, with S = 1 + S' split off.
+            g[i] = <real>(((a - gs * mass_m) - gs * mass_m * rest) / total)
+        else:
+            g[i] = g[i] - <real>(gs * weight[i]) * (t[i] * <real>keep + <real>uniform)
         if cap != 0:
             g[i] = g[i] * scratch[n + i]
 
@@ -503,31 +530,31 @@ cdef void xent_probs_tile(const real *xb, const real *tb, real *gb, Py_ssize_t n
 cdef inline void lse_unit(const real *x, real *out, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w,
                           TileScratch s) noexcept nogil:
     cdef real shift
-    cdef double total
+    cdef double rest
     cdef Py_ssize_t k
     if stride == 1:
-        total = shift_sum(x, n_classes, &shift)
-        out[0] = special_lse(x, n_classes, 1, shift, total)
+        rest = shift_sum(x, n_classes, &shift)
+        out[0] = special_lse(x, n_classes, 1, shift, log1p_rest(x, rest))
         return
     tile_stats(x, n_classes, stride, w, <real *>s.shift, s.total)
     for k in range(w):
-        out[k] = special_lse(x + k, n_classes, stride, (<real *>s.shift)[k], s.total[k])
+        out[k] = special_lse(x + k, n_classes, stride, (<real *>s.shift)[k], log_sum(x, s.total[k]))
 
 
 cdef inline void softmax_unit(const real *x, real *out, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w,
                               bint log_space, TileScratch s) noexcept nogil:
     cdef real shift
-    cdef double total
+    cdef double rest
     cdef real *shifts = <real *>s.shift
     cdef real *scales = <real *>s.scale
     cdef Py_ssize_t c, k
     if stride == 1:
         if log_space:
-            total = shift_sum(x, n_classes, &shift)
-            shifted_row(x, out, n_classes, shift, <real>log_sum(x, total))
+            rest = shift_sum(x, n_classes, &shift)
+            shifted_row(x, out, n_classes, shift, <real>log1p_rest(x, rest))
         else:
-            total = store_exp(x, out, n_classes, &shift)
-            scale_row(out, n_classes, <real>(1 / total), 0, NULL)
+            rest = store_exp(x, out, n_classes, &shift)
+            scale_row(out, n_classes, <real>(1 / (1.0 + rest)), 0, NULL)
         return
     tile_stats(x, n_classes, stride, w, shifts, s.total)
     if log_space:
@@ -646,7 +673,7 @@ cdef void xent_index_block_rows(Layout L, LossArgs a, const real *x, real *g, co
     """Rows without a softcap: the sums of a block of rows in one call, then each row's result."""
     cdef real shifts[ROW_BLOCK]
     cdef real targets[ROW_BLOCK]
-    cdef double totals[ROW_BLOCK]
+    cdef double rests[ROW_BLOCK]
     cdef double weighted[ROW_BLOCK]
     cdef Py_ssize_t start, r, row, count, n = L.n_classes
     cdef Py_ssize_t block = max(1, min(<Py_ssize_t>ROW_BLOCK, ROW_BLOCK_BYTES // (n * <Py_ssize_t>sizeof(real))))
@@ -659,7 +686,7 @@ cdef void xent_index_block_rows(Layout L, LossArgs a, const real *x, real *g, co
             target = y[start + r]
             targets[r] = x[(start + r) * n + target] if 0 <= target < n else 0
             weighted[r] = weighted_sum(x + (start + r) * n, weight, n) if a.eps > 0 else 0
-        rows_sums(x + start * n, g + start * n if a.with_grad else NULL, count, n, shifts, totals)
+        rows_sums(x + start * n, g + start * n if a.with_grad else NULL, count, n, shifts, rests)
         for r in range(count):
             row = start + r
             target = y[row]
@@ -670,7 +697,7 @@ cdef void xent_index_block_rows(Layout L, LossArgs a, const real *x, real *g, co
                     memset(g + row * n, 0, n * sizeof(real))
                 continue
             xent_index_finish(g + row * n if a.with_grad else NULL, n, target, targets[r], weighted[r], weight,
-                              a.weight_sum, a.eps, a.z_coef, shifts[r], totals[r], loss + row, lse + row,
+                              a.weight_sum, a.eps, a.z_coef, shifts[r], rests[r], loss + row, lse + row,
                               (gs[row] if gs != NULL else a.gs_scalar) if a.with_grad else 0.0, a.with_grad, NULL)
         start += count
 

@@ -177,35 +177,98 @@ static FX_ATTR REAL FX(fx_max)(const REAL *x, Py_ssize_t n) {
     return FX(fx_hmax)(FX_MAX(m0, m1));
 }
 
-/* sum(exp(x - shift)), and exp(x - shift) into out unless it is NULL (out may be x). */
-static inline FX_ATTR REAL FX(fx_sumexp_store)(const REAL *x, REAL *out, Py_ssize_t n, REAL shift) {
-    const FX_V s = FX_SET1(shift);
-    FX_V t0 = FX_SET1(0), t1 = t0;
+#if FX_IS_DOUBLE
+#define FX_IOTA _mm256_setr_epi64x(0, 1, 2, 3)
+#define FX_ISET1 _mm256_set1_epi64x
+#define FX_IEQ _mm256_cmpeq_epi64
+#define FX_EQ(a, b) _mm256_cmp_pd(a, b, _CMP_EQ_OQ)
+#define FX_MOVEMASK _mm256_movemask_pd
+#define FX_AS_REAL _mm256_castsi256_pd
+#define FX_ANDNOT _mm256_andnot_pd
+#else
+#define FX_IOTA _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
+#define FX_ISET1(k) _mm256_set1_epi32((int)(k))
+#define FX_IEQ _mm256_cmpeq_epi32
+#define FX_EQ(a, b) _mm256_cmp_ps(a, b, _CMP_EQ_OQ)
+#define FX_MOVEMASK _mm256_movemask_ps
+#define FX_AS_REAL _mm256_castsi256_ps
+#define FX_ANDNOT _mm256_andnot_ps
+#endif
+
+/* Index of the first element of x[0:n] equal to value (-1 if none): a scan
+ * that stops at the first match, cheaper than tracking an argmax. */
+static FX_ATTR Py_ssize_t FX(fx_find)(const REAL *x, Py_ssize_t n, REAL value) {
+    const FX_V v = FX_SET1(value);
     Py_ssize_t i = 0;
-    for (; i + 2 * FX_LANES <= n; i += 2 * FX_LANES) {
+    for (; i + FX_LANES <= n; i += FX_LANES) {
+        int hits = FX_MOVEMASK(FX_EQ(FX_LOAD(x + i), v));
+        if (hits) return i + __builtin_ctz((unsigned)hits);
+    }
+    for (; i < n; i++)
+        if (x[i] == value) return i;
+    return -1;
+}
+
+/* Adds exp(x - shift) of the full vectors in [start, stop) into t0, t1, and stores them into out unless NULL. */
+static inline FX_ATTR void FX(fx_exp_range)(const REAL *x, REAL *out, Py_ssize_t start, Py_ssize_t stop, FX_V s,
+                                            FX_V *t0, FX_V *t1) {
+    Py_ssize_t i = start;
+    for (; i + 2 * FX_LANES <= stop; i += 2 * FX_LANES) {
         FX_V e0 = FX(fx_vexp)(FX_SUB(FX_LOAD(x + i), s));
         FX_V e1 = FX(fx_vexp)(FX_SUB(FX_LOAD(x + i + FX_LANES), s));
         if (out != NULL) {
             FX_STORE(out + i, e0);
             FX_STORE(out + i + FX_LANES, e1);
         }
-        t0 = FX_ADD(t0, e0);
-        t1 = FX_ADD(t1, e1);
+        *t0 = FX_ADD(*t0, e0);
+        *t1 = FX_ADD(*t1, e1);
     }
-    if (i + FX_LANES <= n) {
+    if (i < stop) {
         FX_V e0 = FX(fx_vexp)(FX_SUB(FX_LOAD(x + i), s));
         if (out != NULL) FX_STORE(out + i, e0);
-        t0 = FX_ADD(t0, e0);
-        i += FX_LANES;
+        *t0 = FX_ADD(*t0, e0);
     }
-    if (i < n) {
-        __m256i mask = FX_TAIL_MASK(n - i);
-        FX_V e1 = FX(fx_vexp)(FX_SUB(FX_MASKLOAD(x + i, mask), s));
-        if (out != NULL) FX_MASKSTORE(out + i, mask, e1);
-        t1 = FX_ADD(t1, e1);
+}
+
+/* exp(x - shift) of the one vector at i, of which `count` lanes are in the row
+ * (the rest read as -inf); lane `skip` (if >= 0) is left out of what it adds to t. */
+static inline FX_ATTR void FX(fx_exp_vector)(const REAL *x, REAL *out, Py_ssize_t i, Py_ssize_t count, FX_V s,
+                                             Py_ssize_t skip, FX_V *t) {
+    __m256i mask = FX_TAIL_MASK(count);
+    FX_V e = FX(fx_vexp)(FX_SUB(FX_MASKLOAD(x + i, mask), s));
+    if (out != NULL) FX_MASKSTORE(out + i, mask, e);
+    if (skip >= 0) e = FX_ANDNOT(FX_AS_REAL(FX_IEQ(FX_IOTA, FX_ISET1(skip))), e);
+    *t = FX_ADD(*t, e);
+}
+
+/* sum(exp(x - shift)) over x[0:n] but for the element at `skip` (none if
+ * skip < 0 or >= n); exp(x - shift) of every element into out unless it is
+ * NULL (out may be x). Leaving the first maximum (exp 1) out of the sum
+ * keeps what the rest of the row adds relatively accurate when one class
+ * dominates. */
+static inline FX_ATTR REAL FX(fx_sumexp_store)(const REAL *x, REAL *out, Py_ssize_t n, REAL shift, Py_ssize_t skip) {
+    const FX_V s = FX_SET1(shift);
+    FX_V t0 = FX_SET1(0), t1 = t0;
+    Py_ssize_t full = n - n % FX_LANES;
+    if (skip < 0 || skip >= n) {
+        FX(fx_exp_range)(x, out, 0, full, s, &t0, &t1);
+        if (full < n) FX(fx_exp_vector)(x, out, full, n - full, s, -1, &t1);
+    } else {
+        Py_ssize_t at = skip - skip % FX_LANES;
+        FX(fx_exp_range)(x, out, 0, at, s, &t0, &t1);
+        FX(fx_exp_vector)(x, out, at, n - at < FX_LANES ? n - at : FX_LANES, s, skip - at, &t1);
+        if (at + FX_LANES < full) FX(fx_exp_range)(x, out, at + FX_LANES, full, s, &t0, &t1);
+        if (full < n && full > at) FX(fx_exp_vector)(x, out, full, n - full, s, -1, &t1);
     }
     return FX(fx_hsum)(FX_ADD(t0, t1));
 }
+#undef FX_IOTA
+#undef FX_ISET1
+#undef FX_IEQ
+#undef FX_EQ
+#undef FX_MOVEMASK
+#undef FX_AS_REAL
+#undef FX_ANDNOT
 #else
 /* Max of x[0:n]; -inf when empty. A NaN may or may not win: the exp sum then is NaN anyway. */
 static FX_ATTR REAL FX(fx_max)(const REAL *x, Py_ssize_t n) {
@@ -215,21 +278,41 @@ static FX_ATTR REAL FX(fx_max)(const REAL *x, Py_ssize_t n) {
     return best;
 }
 
-/* sum(exp(x - shift)), and exp(x - shift) into out unless it is NULL (out may be x). */
-static inline FX_ATTR REAL FX(fx_sumexp_store)(const REAL *x, REAL *out, Py_ssize_t n, REAL shift) {
+/* As the AVX2 versions above: the first index of value (-1 if none), and the sum but for `skip`. */
+static FX_ATTR Py_ssize_t FX(fx_find)(const REAL *x, Py_ssize_t n, REAL value) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (x[i] == value) return i;
+    return -1;
+}
+
+static inline FX_ATTR REAL FX(fx_sumexp_store)(const REAL *x, REAL *out, Py_ssize_t n, REAL shift, Py_ssize_t skip) {
     REAL total = 0;
-    if (out == NULL) {
 #pragma omp simd reduction(+ : total)
-        for (Py_ssize_t i = 0; i < n; i++) total += FX(fx_exp)(x[i] - shift);
-    } else {
-#pragma omp simd reduction(+ : total)
-        for (Py_ssize_t i = 0; i < n; i++) {
-            REAL e = FX(fx_exp)(x[i] - shift);
-            out[i] = e;
-            total += e;
-        }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        REAL e = FX(fx_exp)(x[i] - shift);
+        if (out != NULL) out[i] = e;
+        total += i == skip ? (REAL)0 : e;
     }
     return total;
+}
+#endif
+
+/* S' = the sum of exp(x - M) over every element but the first maximum, from
+ * the sum over the elements below the maximum and how many equal it (ties).
+ * The row's S is 1 + S'; log1p(S') and S' / (1 + S') stay relatively
+ * accurate when the maximum dominates (S' below one ulp of 1). A row of
+ * -inf has no maximum: S' = -1 (S = 0). A +inf maximum makes S' NaN, as
+ * exp(inf - inf) made S before. */
+static inline FX_ATTR double FX(fx_rest)(double below, Py_ssize_t ties, REAL shift) {
+    if (shift == (REAL)INFINITY) return NAN;
+    return below + (double)(ties - 1);
+}
+
+#if FX_INTRINSICS && !FX_IS_DOUBLE
+static inline FX_ATTR Py_ssize_t FX(fx_hsum_epi32)(__m256i v) {
+    int32_t lanes[8];
+    _mm256_storeu_si256((__m256i *)lanes, v);
+    return (Py_ssize_t)lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
 }
 #endif
 
@@ -242,7 +325,7 @@ static inline FX_ATTR REAL FX(fx_sumexp_store)(const REAL *x, REAL *out, Py_ssiz
  * M and, unless out is NULL, exp(x - M). */
 #if FX_INTRINSICS
 #if FX_IS_DOUBLE
-static inline FX_ATTR REAL FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
+static inline FX_ATTR double FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
     const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
     const __m256d minus_inf = _mm256_set1_pd(-INFINITY);
     __m256d v[4], e[4];
@@ -257,18 +340,24 @@ static inline FX_ATTR REAL FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t
     REAL best = _mm256_cvtsd_f64(m);
     best = best == -INFINITY ? (REAL)0 : best;
     const __m256d shift = _mm256_set1_pd(best);
+    __m256d s = _mm256_setzero_pd();
+    __m256i count = _mm256_setzero_si256();
     for (int j = 0; j < 4; j++) {
         e[j] = FX(fx_vexp)(_mm256_sub_pd(v[j], shift));
         if (out != NULL) _mm256_maskstore_pd(out + 4 * j, mask[j], e[j]);
+        __m256d q = _mm256_cmp_pd(v[j], shift, _CMP_EQ_OQ);
+        s = _mm256_add_pd(s, _mm256_andnot_pd(q, e[j]));
+        count = _mm256_add_epi64(count, _mm256_castpd_si256(q));
     }
-    __m256d s = _mm256_add_pd(_mm256_add_pd(e[0], e[1]), _mm256_add_pd(e[2], e[3]));
     s = _mm256_add_pd(s, _mm256_permute2f128_pd(s, s, 1));
     s = _mm256_add_pd(s, _mm256_permute_pd(s, 5));
     *shift_out = best;
-    return _mm256_cvtsd_f64(s);
+    int64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, count);
+    return FX(fx_rest)(_mm256_cvtsd_f64(s), -(lanes[0] + lanes[1] + lanes[2] + lanes[3]), best);
 }
 #else
-static inline FX_ATTR REAL FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
+static inline FX_ATTR double FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256 minus_inf = _mm256_set1_ps(-INFINITY);
     __m256i low_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lane);
@@ -282,83 +371,105 @@ static inline FX_ATTR REAL FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t
     REAL best = _mm256_cvtss_f32(m);
     best = best == -INFINITY ? (REAL)0 : best;
     const __m256 shift = _mm256_set1_ps(best);
-    __m256 s = FX(fx_vexp)(_mm256_sub_ps(low, shift));
-    if (out != NULL) _mm256_maskstore_ps(out, low_mask, s);
+    __m256 e = FX(fx_vexp)(_mm256_sub_ps(low, shift));
+    if (out != NULL) _mm256_maskstore_ps(out, low_mask, e);
+    __m256 q = _mm256_cmp_ps(low, shift, _CMP_EQ_OQ);
+    __m256 s = _mm256_andnot_ps(q, e);
+    __m256i count = _mm256_castps_si256(q);
     if (n > 8) {
-        __m256 e = FX(fx_vexp)(_mm256_sub_ps(high, shift));
+        e = FX(fx_vexp)(_mm256_sub_ps(high, shift));
         if (out != NULL) _mm256_maskstore_ps(out + 8, high_mask, e);
-        s = _mm256_add_ps(s, e);
+        q = _mm256_cmp_ps(high, shift, _CMP_EQ_OQ);
+        s = _mm256_add_ps(s, _mm256_andnot_ps(q, e));
+        count = _mm256_add_epi32(count, _mm256_castps_si256(q));
     }
     s = _mm256_add_ps(s, _mm256_permute2f128_ps(s, s, 1));
     s = _mm256_add_ps(s, _mm256_permute_ps(s, 0x4e));
     s = _mm256_add_ps(s, _mm256_permute_ps(s, 0xb1));
     *shift_out = best;
-    return _mm256_cvtss_f32(s);
+    /* count holds -1 per lane equal to the max: the ties beyond the first add 1 each. */
+    return FX(fx_rest)(_mm256_cvtss_f32(s), -FX(fx_hsum_epi32)(count), best);
 }
 #endif
 #else
-static inline FX_ATTR REAL FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
+static inline FX_ATTR double FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
     REAL best = -INFINITY, total = 0;
+    Py_ssize_t ties = 0;
     for (Py_ssize_t i = 0; i < n; i++) best = x[i] > best ? x[i] : best;
     best = best == -INFINITY ? (REAL)0 : best;
     for (Py_ssize_t i = 0; i < n; i++) {
         REAL e = FX(fx_exp)(x[i] - best);
         if (out != NULL) out[i] = e;
-        total += e;
+        total += x[i] == best ? (REAL)0 : e;
+        ties += x[i] == best;
     }
     *shift_out = best;
-    return total;
+    return FX(fx_rest)(total, ties, best);
 }
 #endif
 
-/* Online normaliser over L1-sized chunks: returns S, writes M (0 for an all -inf row).
- * Chunks are summed in REAL (vectorised), chunk sums in double: a float running
- * total over 2**19 chunks drifts by ~1e-3. */
-static FX_ATTR double FX(fx_shift_sum)(const REAL *x, Py_ssize_t n, REAL *shift_out) {
-    REAL best = -INFINITY;
-    double total = 0;
-    if (n <= FX_SHORT) return FX(fx_short_row)(x, NULL, n, shift_out);
-    for (Py_ssize_t start = 0; start < n; start += FX_CHUNK) {
-        Py_ssize_t len = n - start < FX_CHUNK ? n - start : FX_CHUNK;
-        REAL chunk_max = FX(fx_max)(x + start, len);
-        if (chunk_max > best) {
-            total *= FX(fx_exp)(best - chunk_max);
-            best = chunk_max;
-        }
-        total += FX(fx_sumexp_store)(x + start, NULL, len, best == -INFINITY ? (REAL)0 : best);
-    }
-    *shift_out = best == -INFINITY ? (REAL)0 : best;
-    return total;
+/* S' from the sum over every element but the first maximum (`first`, -1
+ * when the row has none: all -inf or NaN, then S = 0 and S' = -1, or NaN). */
+static inline FX_ATTR double FX(fx_rest_of)(double others, Py_ssize_t first, REAL best) {
+    if (best == (REAL)INFINITY) return NAN;
+    return first < 0 ? others - 1.0 : others;
 }
 
-/* out = exp(x - M) (out may be x); returns S (chunk sums added in double), writes M. */
+/* Online normaliser over L1-sized chunks: returns S' (see fx_rest), writes M
+ * (0 for an all -inf row). Chunks are summed in REAL (vectorised), chunk sums
+ * in double: a float running total over 2**19 chunks drifts by ~1e-3. Only
+ * the chunk that holds the first maximum pays for finding it. */
+static FX_ATTR double FX(fx_shift_sum)(const REAL *x, Py_ssize_t n, REAL *shift_out) {
+    REAL best = -INFINITY;
+    double others = 0; /* sum over every element seen but the first maximum */
+    Py_ssize_t first = -1;
+    if (n <= FX_SHORT) return FX(fx_short_row)(x, NULL, n, shift_out);
+    for (Py_ssize_t start = 0; start < n; start += FX_CHUNK) {
+        Py_ssize_t len = n - start < FX_CHUNK ? n - start : FX_CHUNK, skip = -1;
+        REAL chunk_max = FX(fx_max)(x + start, len);
+        if (chunk_max > best) {
+            skip = FX(fx_find)(x + start, len, chunk_max);
+            if (skip >= 0) {
+                /* The old maximum (exp 1) and the rest now sit below the new one. */
+                others = (first >= 0 ? others + 1.0 : others) * FX(fx_exp)(best - chunk_max);
+                best = chunk_max;
+                first = start + skip;
+            }
+        }
+        others += FX(fx_sumexp_store)(x + start, NULL, len, best == -INFINITY ? (REAL)0 : best, skip);
+    }
+    *shift_out = best == -INFINITY ? (REAL)0 : best;
+    return FX(fx_rest_of)(others, first, best);
+}
+
+/* out = exp(x - M) (out may be x); returns S' (chunk sums added in double), writes M. */
 static FX_ATTR double FX(fx_store_exp)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
     if (n <= FX_SHORT) return FX(fx_short_row)(x, out, n, shift_out);
     REAL best = FX(fx_max)(x, n);
-    REAL shift = best == -INFINITY ? (REAL)0 : best;
-    double total = 0;
+    Py_ssize_t first = best == -INFINITY ? -1 : FX(fx_find)(x, n, best);
+    REAL shift = first < 0 ? (REAL)0 : best;
+    double others = 0;
     for (Py_ssize_t start = 0; start < n; start += FX_CHUNK) {
         Py_ssize_t len = n - start < FX_CHUNK ? n - start : FX_CHUNK;
-        REAL partial = FX(fx_sumexp_store)(x + start, out + start, len, shift);
-        total += partial;
+        others += FX(fx_sumexp_store)(x + start, out + start, len, shift, first - start);
     }
     *shift_out = shift;
-    return total;
+    return FX(fx_rest_of)(others, first, best);
 }
 
-/* S and M of `rows` consecutive rows of n elements, and their exps into out
- * unless it is NULL. One call for many rows lets the rows' dependency chains
+/* S' (see fx_rest) and M of `rows` consecutive rows of n elements, and their
+ * exps into out unless it is NULL. One call for many rows lets the rows' dependency chains
  * (max, exp, sum, and the call itself) overlap: a row of tens of classes is
  * otherwise dominated by them. */
 static FX_ATTR void FX(fx_rows_sums)(const REAL *x, REAL *out, Py_ssize_t rows, Py_ssize_t n, REAL *shift,
-                                     double *total) {
+                                     double *rest) {
     for (Py_ssize_t r = 0; r < rows; r++) {
         if (n <= FX_SHORT)
-            total[r] = FX(fx_short_row)(x + r * n, out == NULL ? NULL : out + r * n, n, shift + r);
+            rest[r] = FX(fx_short_row)(x + r * n, out == NULL ? NULL : out + r * n, n, shift + r);
         else if (out == NULL)
-            total[r] = FX(fx_shift_sum)(x + r * n, n, shift + r);
+            rest[r] = FX(fx_shift_sum)(x + r * n, n, shift + r);
         else
-            total[r] = FX(fx_store_exp)(x + r * n, out + r * n, n, shift + r);
+            rest[r] = FX(fx_store_exp)(x + r * n, out + r * n, n, shift + r);
     }
 }
 
