@@ -25,12 +25,52 @@ def _row_max(x: FloatArray) -> FloatArray:
     return np.where(m == -np.inf, np.zeros_like(m), m)
 
 
+class _Parts:
+    """A row's log-softmax written as ``(x - M) - log1p(S')``.
+
+    ``S'`` (``rest``) sums ``exp(x - M)`` over every class but the first
+    maximum (``first``): ``S = 1 + S'``. Leaving that 1 out keeps ``log(S)``,
+    and ``p - 1`` of the maximum, relatively accurate when one class
+    dominates (``S'`` below one ulp of 1). A row without a maximum (all
+    ``-inf``) has ``S' = -1``; a ``+inf`` maximum makes ``S'`` NaN.
+    """
+
+    def __init__(self, x: FloatArray) -> None:
+        m = _row_max(x)
+        e = np.exp(x - m)
+        if x.shape[1] == 0:
+            self.first = np.zeros((x.shape[0], 1, x.shape[2]), dtype=np.intp)
+            rest = np.full(m.shape, -1.0, dtype=x.dtype)
+        else:
+            raw_max = np.max(x, axis=1, keepdims=True)
+            self.first = np.argmax(x, axis=1, keepdims=True)
+            others = e.copy()
+            np.put_along_axis(others, self.first, 0, axis=1)
+            rest = np.where(
+                raw_max == -np.inf, np.sum(e, axis=1, keepdims=True) - 1, np.sum(others, axis=1, keepdims=True)
+            )
+            rest = np.where(raw_max == np.inf, np.nan, rest)
+        self.shift = m
+        self.rest = rest  # (B, 1, K)
+        self.log_sum = np.log1p(rest)
+        self.log_probs = (x - m) - self.log_sum
+        self.lse = (m + self.log_sum)[:, 0, :]
+
+    def exact_at_max(self, x: FloatArray, index: IntArray, coef: FloatArray, part: FloatArray) -> FloatArray:
+        """``coef * p - part`` at class ``index`` (B, 1, K) of each row, exactly when that class is the maximum.
+
+        There ``p = 1 / S`` and ``coef / S - part = ((coef - part) - part * S') / S``: no cancellation.
+        """
+        p_term = np.take_along_axis(np.exp(self.log_probs), index, axis=1) * coef - part
+        exact = ((coef - part) - part * self.rest) / (1 + self.rest)
+        is_max = np.take_along_axis(x, index, axis=1) == self.shift
+        return np.where(is_max, exact, p_term)
+
+
 def _log_softmax_parts(x: FloatArray) -> tuple[FloatArray, FloatArray]:
     """Return ``(log_probs (B, C, K), lse (B, K))`` of ``x (B, C, K)``."""
-    m = _row_max(x)
-    shifted = x - m
-    log_sum = np.log(np.sum(np.exp(shifted), axis=1, keepdims=True))
-    return shifted - log_sum, (m + log_sum)[:, 0, :]
+    parts = _Parts(x)
+    return parts.log_probs, parts.lse
 
 
 def _apply_softcap(x: FloatArray, softcap: float) -> FloatArray:
@@ -94,7 +134,8 @@ class NumpyBackend:
         safe_target = np.where(valid, target, 0)[:, None, :]
         with np.errstate(all="ignore"):
             x = _apply_softcap(logits, params.softcap)
-            log_probs, row_lse = _log_softmax_parts(x)
+            parts = _Parts(x)
+            log_probs, row_lse = parts.log_probs, parts.lse
             if n_classes == 0:
                 # Every row is ignored: the API rejects any other target.
                 w_target = np.zeros(target.shape, dtype=logits.dtype)
@@ -119,8 +160,7 @@ class NumpyBackend:
                 coef = coef + 2 * params.z_coef * row_lse
             g = probs * coef[:, None, :]
             if n_classes > 0:
-                at_target = np.take_along_axis(g, safe_target, axis=1)
-                at_target -= (1 - eps) * w_target[:, None, :]
+                at_target = parts.exact_at_max(x, safe_target, coef[:, None, :], (1 - eps) * w_target[:, None, :])
                 np.put_along_axis(g, safe_target, at_target, axis=1)
             if eps > 0:
                 g = g - eps / n_classes * w_col
@@ -149,7 +189,8 @@ class NumpyBackend:
         eps = params.label_smoothing if n_classes else 0.0
         with np.errstate(all="ignore"):
             x = _apply_softcap(logits, params.softcap)
-            log_probs, row_lse = _log_softmax_parts(x)
+            parts = _Parts(x)
+            log_probs, row_lse = parts.log_probs, parts.lse
             smoothed = target * (1 - eps) + eps / n_classes if eps > 0 else target
             weighted_target = smoothed * weight[None, :, None]
             # + 0.0 turns the -0.0 of an empty sum (no classes) into the 0.0 every backend gives.
@@ -162,6 +203,9 @@ class NumpyBackend:
             if params.z_coef != 0:
                 coef = coef + 2 * params.z_coef * row_lse
             g = np.exp(log_probs) * coef[:, None, :] - weighted_target
+            if n_classes > 0:
+                at_max = np.take_along_axis(weighted_target, parts.first, axis=1)
+                np.put_along_axis(g, parts.first, parts.exact_at_max(x, parts.first, coef[:, None, :], at_max), axis=1)
             g = g * row_scale(grad_scale, loss.shape)[:, None, :]
             if params.softcap != 0:
                 g = g * _softcap_slope(logits, params.softcap)
