@@ -8,8 +8,12 @@ therefore read once for a loss; a gradient reads the row a second time
 (from cache for rows up to a few hundred KB) and writes it once.
 
 The shift ``M`` is the row maximum, or 0 for a row with no value above
-``-inf``; ``S = sum(exp(x - M))``. ``log_softmax = (x - M) - log(S)`` keeps
-full precision for logits of magnitude 1e4 in float32, where forming
+``-inf``; ``S = sum(exp(x - M)) = 1 + S'``, where ``S'`` (``rest``) sums every
+class but the first maximum. ``log(S) = log1p(S')`` and the maximum's
+``p - 1 = -S' / S`` stay relatively accurate when one class dominates
+(``S'`` below one ulp of 1); a row of ``-inf`` has ``S' = -1`` and a ``+inf``
+maximum makes ``S'`` NaN. ``log_softmax = (x - M) - log1p(S')`` keeps full
+precision for logits of magnitude 1e4 in float32, where forming
 ``lse = M + log(S)`` first would lose ~1e-3.
 """
 
@@ -52,23 +56,41 @@ def cap_slope(value, cap):  # type: ignore[no-untyped-def]
 
 @njit(fastmath=FAST, cache=True, inline="always")
 def _sumexp(chunk, shift):  # type: ignore[no-untyped-def]
+    """``(sum of exp(x - shift) over x != shift, count of x == shift)``: the maxima stay out of the sum."""
     total = typed(chunk, 0.0)
+    ties = 0
     for i in range(chunk.size):
-        total += fast_exp(chunk[i] - shift)
-    return total
+        e = fast_exp(chunk[i] - shift)
+        tie = chunk[i] == shift
+        total += typed(chunk, 0.0) if tie else e
+        ties += 1 if tie else 0
+    return total, ties
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
 def _sumexp_capped(chunk, shift, cap):  # type: ignore[no-untyped-def]
     total = typed(chunk, 0.0)
+    ties = 0
     for i in range(chunk.size):
-        total += fast_exp(capped(chunk[i], cap) - shift)
-    return total
+        z = capped(chunk[i], cap)
+        e = fast_exp(z - shift)
+        tie = z == shift
+        total += typed(chunk, 0.0) if tie else e
+        ties += 1 if tie else 0
+    return total, ties
+
+
+@njit(fastmath=FAST, cache=True, inline="always")
+def _rest(below, ties, shift):  # type: ignore[no-untyped-def]
+    """S' from the sum over the elements below the maximum and the count of those equal to it."""
+    if shift == np.inf:
+        return np.nan
+    return below + np.float64(ties - 1)
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
 def row_shift_and_sum(row, cap):  # type: ignore[no-untyped-def]
-    """Return ``(M, S)`` of the (soft-capped) row, S in float64; see the module docstring.
+    """Return ``(M, S')`` of the (soft-capped) row, S' in float64; see the module docstring.
 
     Each chunk is summed in the row's precision (vectorised) and the chunk
     sums are added in float64, so a float32 row of 2**30 classes stays
@@ -79,9 +101,11 @@ def row_shift_and_sum(row, cap):  # type: ignore[no-untyped-def]
         # One chunk: skip the merging loop, which costs ~90 ns per row (C = 10: 118 -> 30 ns).
         best = vector_max(row)
         shift = best if best != neg_inf else typed(row, 0.0)
-        return shift, np.float64(_sumexp(row, shift))
+        below, ties = _sumexp(row, shift)
+        return shift, _rest(np.float64(below), ties, shift)
     best = neg_inf
-    total = 0.0
+    below = 0.0
+    ties = 0
     for start in range(0, row.size, CHUNK):
         chunk = row[start : start + CHUNK]
         chunk_max = vector_max(chunk)
@@ -89,19 +113,24 @@ def row_shift_and_sum(row, cap):  # type: ignore[no-untyped-def]
             # tanh is monotonic: the capped maximum is the cap of the maximum.
             chunk_max = capped(chunk_max, cap)
         if chunk_max > best:
-            total = total * np.float64(fast_exp(best - chunk_max))
+            # The old maxima now sit below the new one: each adds exp(old - new).
+            below = (below + ties) * np.float64(fast_exp(best - chunk_max))
+            ties = 0
             best = chunk_max
         shift = best if best != neg_inf else typed(row, 0.0)
         if cap == 0:
-            total += _sumexp(chunk, shift)
+            part, count = _sumexp(chunk, shift)
         else:
-            total += _sumexp_capped(chunk, shift, cap)
-    return (best if best != neg_inf else typed(row, 0.0)), total
+            part, count = _sumexp_capped(chunk, shift, cap)
+        below += part
+        ties += count
+    shift = best if best != neg_inf else typed(row, 0.0)
+    return shift, _rest(below, ties, shift)
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
 def row_store_exp(row, out):  # type: ignore[no-untyped-def]
-    """Write ``exp(row - M)`` into ``out`` (which may be ``row``); return ``(M, S)``, S in float64.
+    """Write ``exp(row - M)`` into ``out`` (which may be ``row``); return ``(M, S')``, S' in float64.
 
     Used when every ``exp`` is needed again (softmax, gradients): one max
     sweep, then one sweep that stores and sums, so the later scaling sweep
@@ -109,28 +138,31 @@ def row_store_exp(row, out):  # type: ignore[no-untyped-def]
     """
     best = vector_max(row)
     shift = best if best != typed(row, -np.inf) else typed(row, 0.0)
-    total = 0.0
+    below = 0.0
+    ties = 0
     for start in range(0, row.size, CHUNK):
         chunk = row[start : start + CHUNK]
         stored = out[start : start + CHUNK]
         partial = typed(row, 0.0)
         for i in range(chunk.size):
             e = fast_exp(chunk[i] - shift)
+            tie = chunk[i] == shift
             stored[i] = e
-            partial += e
-        total += partial
-    return shift, total
+            partial += typed(row, 0.0) if tie else e
+            ties += 1 if tie else 0
+        below += partial
+    return shift, _rest(below, ties, shift)
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
-def row_logsumexp(row, shift, total):  # type: ignore[no-untyped-def]
-    """``M + log(S)``, except that a ``+inf`` logit gives ``+inf`` (NaN if the row has a NaN)."""
+def row_logsumexp(row, shift, rest):  # type: ignore[no-untyped-def]
+    """``M + log1p(S')``, except that a ``+inf`` logit gives ``+inf`` (NaN if the row has a NaN)."""
     if shift == np.inf:
         for i in range(row.size):
             if np.isnan(row[i]):
                 return row[i]
         return shift
-    return shift + math.log(total)
+    return shift + math.log1p(rest)
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
@@ -202,8 +234,8 @@ def _write_grad_probs(row, target, out, shift, inv_total, a, gscale, eps, weight
 @variants(FAST)
 def logsumexp_rows(x, out):  # type: ignore[no-untyped-def]
     for b in prange(x.shape[0]):
-        shift, total = row_shift_and_sum(x[b], 0.0)
-        out[b] = row_logsumexp(x[b], shift, total)
+        shift, rest = row_shift_and_sum(x[b], 0.0)
+        out[b] = row_logsumexp(x[b], shift, rest)
 
 
 @variants(FAST)
@@ -211,13 +243,13 @@ def softmax_rows(x, out, log):  # type: ignore[no-untyped-def]
     for b in prange(x.shape[0]):
         row = x[b]
         if log:
-            shift, total = row_shift_and_sum(row, 0.0)
-            log_total = math.log(total)
+            shift, rest = row_shift_and_sum(row, 0.0)
+            log_total = math.log1p(rest)
             for i in range(row.size):
                 out[b, i] = (row[i] - shift) - log_total
         else:
-            shift, total = row_store_exp(row, out[b])
-            _scale_stored(out[b], typed(row, 1 / total), typed(row, 0.0), row)
+            shift, rest = row_store_exp(row, out[b])
+            _scale_stored(out[b], typed(row, 1 / (1.0 + rest)), typed(row, 0.0), row)
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
@@ -230,8 +262,8 @@ def _plain_row_loss(row, y, weight):  # type: ignore[no-untyped-def]
     """
     w_y = np.float64(weight[y])
     x_y = row[y]
-    shift, total = row_shift_and_sum(row, typed(row, 0.0))
-    log_total = math.log(total)
+    shift, rest = row_shift_and_sum(row, typed(row, 0.0))
+    log_total = math.log1p(rest)
     row_lse = np.float64(shift) + log_total
     value = w_y * (np.float64(shift - x_y) + log_total)
     return value, row_lse
@@ -271,10 +303,11 @@ def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse
         weighted = row_weighted_sum(row, weight, cap) if eps > 0 else 0.0
         store = with_grad and cap == 0
         if store:
-            shift, total = row_store_exp(row, grad[b])
+            shift, rest = row_store_exp(row, grad[b])
         else:
-            shift, total = row_shift_and_sum(row, cap)
-        log_total = math.log(total)
+            shift, rest = row_shift_and_sum(row, cap)
+        total = 1.0 + rest
+        log_total = math.log1p(rest)
         row_lse = np.float64(shift) + log_total
         value = (1.0 - eps) * w_y * (np.float64(shift - x_y) + log_total)
         if eps > 0:
@@ -293,7 +326,14 @@ def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse
                 _write_grad_capped(
                     row, grad[b], shift, typed(row, 1 / total), typed(row, a), typed(row, g * smooth), weight, cap
                 )
-            grad[b, y] -= g * (1.0 - eps) * w_y * slope_y
+            c = g * (1.0 - eps) * w_y
+            if x_y == shift:
+                # exp(x_y - M) = 1: a / S - c = ((a - c) - c * S') / S, with no cancellation.
+                grad[b, y] = (
+                    ((a - c) - c * rest) / total - g * smooth * (np.float64(weight[y]) if eps > 0 else 0.0)
+                ) * slope_y
+            else:
+                grad[b, y] -= c * slope_y
 
 
 @variants(FAST)
@@ -303,10 +343,11 @@ def xent_probs_rows(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscale
         mass, moment = row_target_sums(row, target[b], weight, eps, cap)
         store = with_grad and cap == 0
         if store:
-            shift, total = row_store_exp(row, grad[b])
+            shift, rest = row_store_exp(row, grad[b])
         else:
-            shift, total = row_shift_and_sum(row, cap)
-        row_lse = np.float64(shift) + math.log(total)
+            shift, rest = row_shift_and_sum(row, cap)
+        total = 1.0 + rest
+        row_lse = np.float64(shift) + math.log1p(rest)
         loss[b] = mass * row_lse - moment
         lse[b] = row_lse
         if with_grad:
@@ -317,3 +358,9 @@ def xent_probs_rows(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscale
             _write_grad_probs(
                 row, target[b], grad[b], shift, typed(row, 1 / total), typed(row, a), g, eps, weight, cap, store
             )
+            first = np.argmax(row)
+            if capped(row[first], cap) == shift:
+                # The maximum's exp is 1: a / S - g t'_m = ((a - g t'_m) - g t'_m S') / S, with no cancellation.
+                mass_m = g * np.float64(weight[first]) * (np.float64(target[b, first]) * (1.0 - eps) + eps / row.size)
+                value = ((a - mass_m) - mass_m * rest) / total
+                grad[b, first] = value * cap_slope(row[first], cap) if cap != 0 else value
