@@ -43,3 +43,47 @@ class TestZeroClasses:
         assert fastxent.logsumexp(np.zeros(0)) == -np.inf
         assert fastxent.softmax(logits).shape == (3, 0)
         assert fastxent.log_softmax(logits).shape == (3, 0)
+
+
+class TestDominantClass:
+    """When one class dominates, S = 1 + S' with S' below one ulp of 1: results come from log1p(S') and -S'/S."""
+
+    def test_scipy_gh_18295_logsumexp(self, backend):
+        # scipy/special/tests/test_logsumexp.py: logsumexp([0, -40]) is log1p(exp(-40)), not 0.
+        np.testing.assert_allclose(fastxent.logsumexp(np.array([0.0, -40.0])), np.log1p(np.exp(-40.0)), rtol=1e-15)
+        np.testing.assert_allclose(fastxent.logsumexp(np.array([0.0, -20.0])), np.log1p(np.exp(-20.0)), rtol=6e-16)
+        result = fastxent.logsumexp(np.array([0.0, -20.0], np.float32))
+        np.testing.assert_allclose(result, np.float32(np.log1p(np.exp(-20.0))), rtol=2e-7)
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    @pytest.mark.parametrize("n_classes", [2, 40, 3000])
+    def test_loss_and_gradient_of_a_confident_row(self, backend, dtype, n_classes):
+        logits = np.full((1, n_classes), -30.0, dtype)
+        logits[0, n_classes // 2] = 8.0
+        rest = (n_classes - 1) * np.exp(np.float64(-38.0))
+        loss, grad = fastxent.cross_entropy_and_grad(logits, np.array([n_classes // 2]), reduction="sum")
+        tolerance = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(loss, np.log1p(rest), rtol=tolerance)
+        np.testing.assert_allclose(grad[0, n_classes // 2], -rest / (1 + rest), rtol=tolerance)
+        np.testing.assert_allclose(fastxent.log_softmax(logits)[0, n_classes // 2], -np.log1p(rest), rtol=tolerance)
+
+    def test_tensorflow_dominant_class_gradient(self, backend):
+        # TensorFlow's xent_op_test (newer than 2.21): the float64 gradient of a dominant class is -e^-37.4.
+        logits = np.array([[0.0, -37.4]])
+        expected = -np.exp(-37.4) / (1 + np.exp(-37.4))
+        _, grad = fastxent.cross_entropy_and_grad(logits, np.array([[1.0, 0.0]]), reduction="sum")
+        np.testing.assert_allclose(grad[0, 0], expected, rtol=1e-13)
+        _, grad = fastxent.cross_entropy_and_grad(logits, np.array([0]), reduction="sum")
+        np.testing.assert_allclose(grad[0, 0], expected, rtol=1e-13)
+        np.testing.assert_allclose(
+            fastxent.softmax_cross_entropy_with_logits(np.array([[1.0, 0.0]]), logits),
+            np.log1p(np.exp(-37.4)),
+            rtol=1e-13,
+        )
+
+    def test_ties_count_once_each(self, backend):
+        # Two maxima: S' = 1 + exp(-40), so lse = log(2 + exp(-40)).
+        logits = np.array([[5.0, 5.0, -35.0]])
+        np.testing.assert_allclose(fastxent.logsumexp(logits), 5.0 + np.log(2.0 + np.exp(-40.0)), rtol=1e-15)
+        _, grad = fastxent.cross_entropy_and_grad(logits, np.array([1]), reduction="sum")
+        np.testing.assert_allclose(grad[0], [0.5, -0.5, np.exp(-40.0) / 2], rtol=1e-12)
