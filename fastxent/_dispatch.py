@@ -183,6 +183,21 @@ def current_backend(size: int) -> Backend:
     return backend
 
 
+def backend_with(operation: str, size: int) -> Backend:
+    """The backend for an input of ``size`` elements that has ``operation``.
+
+    That is :func:`current_backend`'s, unless it lacks the operation: then
+    the first backend of the ``auto`` order that has it (the NumPy reference
+    has every operation), as bottleneck sends what C cannot do to its slow
+    functions.
+    """
+    backend = current_backend(size)
+    if hasattr(backend, operation):
+        return backend
+    order = AUTO_SMALL_ORDER if size < AUTO_SMALL_BELOW else AUTO_ORDER
+    return next(loaded for loaded in map(_load, order) if loaded is not None and hasattr(loaded, operation))
+
+
 def set_backend(name: str) -> None:
     """Choose the backend for the whole process.
 

@@ -87,3 +87,68 @@ class TestDominantClass:
         np.testing.assert_allclose(fastxent.logsumexp(logits), 5.0 + np.log(2.0 + np.exp(-40.0)), rtol=1e-15)
         _, grad = fastxent.cross_entropy_and_grad(logits, np.array([1]), reduction="sum")
         np.testing.assert_allclose(grad[0], [0.5, -0.5, np.exp(-40.0) / 2], rtol=1e-12)
+
+
+class TestLogsumexpScaleAndSign:
+    """SciPy's ``b`` and ``return_sign``, checked against scipy.special.logsumexp."""
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    @pytest.mark.parametrize(
+        ("shape", "axis", "b_shape"),
+        [
+            ((6, 9), -1, (6, 9)),
+            ((6, 9), -1, (9,)),
+            ((6, 9), 0, (6, 1)),
+            ((3, 4, 5), 1, ()),
+            ((3, 4, 5), (0, 2), (3, 4, 5)),
+        ],
+    )
+    def test_matches_scipy(self, backend, dtype, shape, axis, b_shape):
+        scipy_special = pytest.importorskip("scipy.special")
+        rng = np.random.default_rng(sum(shape) + len(b_shape))
+        x = rng.standard_normal(shape).astype(dtype) * 3
+        b = rng.standard_normal(b_shape)
+        for return_sign in (False, True):
+            got = fastxent.logsumexp(x, axis=axis, b=b, return_sign=return_sign)
+            want = scipy_special.logsumexp(x.astype(np.float64), axis=axis, b=b, return_sign=return_sign)
+            if not return_sign:
+                got, want = (got,), (want,)
+            for value, expected in zip(got, want):
+                assert np.asarray(value).dtype == dtype
+                np.testing.assert_allclose(value, expected, rtol=2e-5 if dtype == np.float32 else 1e-12, equal_nan=True)
+
+    def test_zero_weights_exclude_even_inf_and_nan(self, backend):
+        x = np.array([[np.inf, 1.0, 2.0], [np.nan, 1.0, 2.0], [-np.inf, 0.0, np.nan]])
+        b = np.array([[0.0, 1.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+        expected = [np.logaddexp(1.0, 2.0), np.logaddexp(1.0, 2.0), 0.0]
+        np.testing.assert_allclose(fastxent.logsumexp(x, b=b), expected, rtol=1e-15)
+
+    def test_signs_and_edge_cases(self, backend):
+        res, sgn = fastxent.logsumexp(np.array([1.0, 2.0]), b=np.array([1.0, -1.0]), return_sign=True)
+        np.testing.assert_allclose(res, np.log(np.e**2 - np.e), rtol=1e-15)
+        assert sgn == -1.0
+        assert np.isnan(fastxent.logsumexp(np.array([1.0, 2.0]), b=np.array([1.0, -1.0])))
+        res, sgn = fastxent.logsumexp(np.array([3.0, 3.0]), b=np.array([1.0, -1.0]), return_sign=True)
+        assert res == -np.inf and sgn == 0.0
+        res, sgn = fastxent.logsumexp(np.array([1.0, -np.inf]), return_sign=True)
+        assert res == 1.0 and sgn == 1.0
+        # The dominant-class precision holds with weights too.
+        np.testing.assert_allclose(
+            fastxent.logsumexp(np.array([0.0, -40.0]), b=2.0), np.log(2) + np.log1p(np.exp(-40.0))
+        )
+
+    def test_bad_b(self):
+        with pytest.raises(ValueError, match=r"b must broadcast to x's shape \(2, 3\); got shape \(4,\)"):
+            fastxent.logsumexp(np.zeros((2, 3)), b=np.ones(4))
+        with pytest.raises(TypeError, match="b must hold real numbers; got dtype complex128"):
+            fastxent.logsumexp(np.zeros(3), b=np.ones(3, complex))
+
+    def test_a_backend_without_the_operation_hands_it_on(self):
+        from fastxent import _dispatch
+
+        with fastxent.use_backend("numpy"):
+            assert _dispatch.backend_with("logsumexp_scaled", 10).name == "numpy"
+        if "numba" in fastxent.available_backends():
+            with fastxent.use_backend("numba"):
+                chosen = _dispatch.backend_with("logsumexp_scaled", 10)
+            assert chosen.name != "numba" and hasattr(chosen, "logsumexp_scaled")

@@ -89,6 +89,19 @@ def index_target_stats(
     return count, weight_sum, int(np.count_nonzero(~in_range & ~ignored))
 
 
+class ScaledLogsumexp(Protocol):
+    """An operation a backend may lack: the dispatcher then takes the next backend that has it."""
+
+    def logsumexp_scaled(self, x: FloatArray, b: FloatArray, out: FloatArray, sign: FloatArray, n_threads: int) -> None:
+        """SciPy's ``logsumexp(x, b=b, return_sign=True)`` over axis 1 of ``x (B, C, K)``.
+
+        ``b`` has ``x``'s shape and dtype; entries with ``b == 0`` take no part,
+        even infinite or NaN ones. Writes ``log(|sum(b * exp(x))|)`` into
+        ``out (B, K)`` and the sum's sign (1, -1, 0 or NaN) into ``sign``.
+        """
+        ...
+
+
 class Backend(Protocol):
     """Kernels on canonical arrays; see the module docstring for the layout."""
 

@@ -102,6 +102,24 @@ class NumpyBackend:
             has_inf = np.any(x == np.inf, axis=1) & ~np.any(np.isnan(x), axis=1)
             out[...] = np.where(has_inf, np.inf, lse)
 
+    def logsumexp_scaled(self, x: FloatArray, b: FloatArray, out: FloatArray, sign: FloatArray, n_threads: int) -> None:
+        with np.errstate(all="ignore"):
+            a = np.where(b == 0, -np.inf, x)  # b == 0 excludes an entry, even an infinite or NaN one
+            a_max = np.max(a, axis=1, keepdims=True) if a.shape[1] else np.full(out.shape, -np.inf)[:, None, :]
+            at_max = a == a_max
+            # For precision the maxima's weights m stay out of the sum, as in SciPy: S = m * (1 + s).
+            m = np.sum(np.where(at_max, b, 0), axis=1, keepdims=True)
+            s = np.sum(np.where(at_max, 0, b * np.exp(a - a_max)), axis=1, keepdims=True)
+            s = np.where(s == 0, s, s / m)
+            sgn = np.sign(s + 1) * np.sign(m)
+            s = np.where(s < -1, -s - 2, s)
+            result = np.log1p(s) + np.log(np.abs(m)) + a_max
+            # Where that is not finite (an infinite maximum, all weights zero), the plain sum decides.
+            direct = np.sum(np.where(b == 0, 0, b * np.exp(x)), axis=1, keepdims=True)
+            finite = np.isfinite(result)
+            out[...] = np.where(finite, result, np.log(np.abs(direct)))[:, 0, :]
+            sign[...] = np.where(finite, sgn, np.sign(direct))[:, 0, :]
+
     def softmax(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
         with np.errstate(all="ignore"):
             e = np.exp(x - _row_max(x))

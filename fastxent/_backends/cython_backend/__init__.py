@@ -22,6 +22,7 @@ class CythonBackend:
     details = f"OpenMP {'on' if OPENMP else 'off'}, SIMD {ISA}"
 
     logsumexp = staticmethod(_kernels.logsumexp)
+    logsumexp_scaled = staticmethod(_kernels.logsumexp_scaled)
     index_target_stats = staticmethod(_kernels.index_target_stats)
     cross_entropy_index = staticmethod(_kernels.cross_entropy_index)
     cross_entropy_probs = staticmethod(_kernels.cross_entropy_probs)

@@ -20,7 +20,7 @@ the same primitives; the gradient is multiplied by the cap's slope.
 """
 
 cimport numpy as cnp
-from libc.math cimport INFINITY, exp, isnan, log, log1p, log1pf, logf, tanh
+from libc.math cimport INFINITY, NAN, exp, fabs, isfinite, isnan, log, log1p, log1pf, logf, tanh
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
@@ -1002,3 +1002,73 @@ def index_target_stats(cnp.ndarray target not None, object weight, Py_ssize_t n_
             elif y != ignore_index:
                 bad += 1
     return valid, (weight_sum if has_weight else <double>valid), bad
+
+
+cdef void scaled_lse_position(const real *x, const real *b, Py_ssize_t n, Py_ssize_t stride, real *out,
+                              real *sign) noexcept nogil:
+    """SciPy's ``logsumexp(x, b=b, return_sign=True)`` of one row (stride apart), as its ``_logsumexp``.
+
+    The maxima's weights ``m`` stay out of the sum (``S = m * (1 + s)``) so that
+    ``log1p(s)`` keeps its precision; where that is not finite (an infinite
+    maximum, every weight zero) the plain sum decides.
+    """
+    cdef double a_max = -INFINITY, m = 0, s = 0, direct = 0, v, w, sgn, result
+    cdef Py_ssize_t i
+    cdef bint has_nan = False
+    for i in range(n):
+        w = b[i * stride]
+        if w != 0:
+            v = x[i * stride]
+            if isnan(v):
+                has_nan = True
+            elif v > a_max:
+                a_max = v
+    if has_nan:
+        out[0] = <real>NAN
+        sign[0] = <real>NAN
+        return
+    for i in range(n):
+        w = b[i * stride]
+        if w == 0:
+            continue
+        v = x[i * stride]
+        direct += w * exp(v)
+        if v == a_max:
+            m += w
+        else:
+            s += w * exp(v - a_max)
+    if s != 0:
+        s = s / m
+    sgn = (1.0 if s + 1 > 0 else (-1.0 if s + 1 < 0 else (0.0 if s + 1 == 0 else NAN)))
+    sgn = sgn * (1.0 if m > 0 else (-1.0 if m < 0 else (0.0 if m == 0 else NAN)))
+    if s < -1:
+        s = -s - 2
+    result = log1p(s) + log(fabs(m)) + a_max
+    if isfinite(result):
+        out[0] = <real>result
+        sign[0] = <real>sgn
+    else:
+        out[0] = <real>log(fabs(direct))
+        sign[0] = <real>(1.0 if direct > 0 else (-1.0 if direct < 0 else (0.0 if direct == 0 else NAN)))
+
+
+cdef void scaled_lse_all(const real *x, const real *b, real *out, real *sign, Py_ssize_t rows, Py_ssize_t n,
+                         Py_ssize_t stride) noexcept nogil:
+    cdef Py_ssize_t r, k
+    for r in range(rows):
+        for k in range(stride):
+            scaled_lse_position(x + r * n * stride + k, b + r * n * stride + k, n, stride, out + r * stride + k,
+                                sign + r * stride + k)
+
+
+def logsumexp_scaled(cnp.ndarray x not None, cnp.ndarray b not None, cnp.ndarray out not None,
+                     cnp.ndarray sign not None, int n_threads):
+    """SciPy's ``logsumexp(x, b=b, return_sign=True)`` over axis 1 of ``x (B, C, K)``; one thread."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], stride = x.shape[2]
+    with nogil:
+        if cnp.PyArray_ITEMSIZE(x) == 4:
+            scaled_lse_all(<const float *>cnp.PyArray_DATA(x), <const float *>cnp.PyArray_DATA(b),
+                           <float *>cnp.PyArray_DATA(out), <float *>cnp.PyArray_DATA(sign), rows, n, stride)
+        else:
+            scaled_lse_all(<const double *>cnp.PyArray_DATA(x), <const double *>cnp.PyArray_DATA(b),
+                           <double *>cnp.PyArray_DATA(out), <double *>cnp.PyArray_DATA(sign), rows, n, stride)
