@@ -152,3 +152,28 @@ class TestLogsumexpScaleAndSign:
             with fastxent.use_backend("numba"):
                 chosen = _dispatch.backend_with("logsumexp_scaled", 10)
             assert chosen.name != "numba" and hasattr(chosen, "logsumexp_scaled")
+
+
+class TestInPlaceIsBitwiseEqual:
+    """In place (gradient over the logits, softmax over its input) gives the allocating call's bits."""
+
+    @pytest.mark.parametrize("softcap", [None, 3.0])
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    @pytest.mark.parametrize("target_kind", ["index", "probs"])
+    def test_gradient(self, backend, dtype, target_kind, softcap):
+        rng = np.random.default_rng(11)
+        logits = rng.standard_normal((64, 5000)).astype(dtype)  # rows longer than a chunk, enough to run in parallel
+        target = rng.integers(0, 5000, 64) if target_kind == "index" else rng.dirichlet(np.ones(5000), 64).astype(dtype)
+        loss, grad = fastxent.cross_entropy_and_grad(logits, target, reduction="sum", softcap=softcap)
+        scratch = logits.copy()
+        loss_in_place, grad_in_place = fastxent.cross_entropy_and_grad(
+            scratch, target, reduction="sum", softcap=softcap, inplace=True
+        )
+        assert grad_in_place is scratch
+        assert loss_in_place == loss
+        np.testing.assert_array_equal(grad_in_place, grad)
+
+    def test_softmax(self, backend):
+        logits = np.random.default_rng(12).standard_normal((64, 5000)).astype(np.float32)
+        expected = fastxent.softmax(logits)
+        np.testing.assert_array_equal(fastxent.softmax(logits, out=logits), expected)

@@ -11,6 +11,13 @@ import numpy as np
 from .._interface import FloatArray, IntArray, LossParams, fill_totals, row_outputs, row_scale
 from .._interface import index_target_stats as _numpy_target_stats
 from . import _launch, _rows, _tiles
+from ._launch import NUMBA_CONFIG
+
+
+def _scratch(x: FloatArray, out: FloatArray) -> np.ndarray:
+    """Per-thread chunk buffers when ``out`` is ``x`` (an in-place call), else empty ones; see row_store_exp."""
+    in_place = out.size > 0 and out.__array_interface__["data"][0] == x.__array_interface__["data"][0]
+    return np.empty((NUMBA_CONFIG.NUMBA_NUM_THREADS, _rows.CHUNK if in_place else 0), x.dtype)
 
 
 def _dummy(dtype: np.dtype, ndim: int) -> np.ndarray:
@@ -44,7 +51,7 @@ class NumbaBackend:
     def _softmax(self, x: FloatArray, out: FloatArray, n_threads: int, log: bool) -> None:
         _, c, k = x.shape
         if k == 1:
-            _rows.softmax_rows(n_threads, x.size, x[:, :, 0], out[:, :, 0], log)
+            _rows.softmax_rows(n_threads, x.size, x[:, :, 0], out[:, :, 0], log, _scratch(x, out))
         else:
             _tiles.softmax_tiles(n_threads, x.size, x, out, log, _tiles.tile_width(c, k, x.itemsize))
 
@@ -78,7 +85,7 @@ class NumbaBackend:
         if k == 1:
             _rows.xent_index_rows(
                 n_threads, logits.size, logits[:, :, 0], target[:, 0], weight, *options,
-                loss[:, 0], lse[:, 0], grad[:, :, 0], grad_scale[:, 0], with_grad,
+                loss[:, 0], lse[:, 0], grad[:, :, 0], grad_scale[:, 0], with_grad, _scratch(logits, grad),
             )  # fmt: skip
         else:
             _tiles.xent_index_tiles(
@@ -117,7 +124,7 @@ class NumbaBackend:
         if k == 1:
             _rows.xent_probs_rows(
                 n_threads, logits.size, logits[:, :, 0], target[:, :, 0], weight, *options,
-                loss[:, 0], lse[:, 0], grad[:, :, 0], grad_scale[:, 0], with_grad,
+                loss[:, 0], lse[:, 0], grad[:, :, 0], grad_scale[:, 0], with_grad, _scratch(logits, grad),
             )  # fmt: skip
         else:
             _tiles.xent_probs_tiles(

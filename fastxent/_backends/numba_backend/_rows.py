@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import get_thread_id, njit, prange
 
 from ._launch import variants
 from ._simd import fast_exp, typed, vector_max
@@ -129,12 +129,16 @@ def row_shift_and_sum(row, cap):  # type: ignore[no-untyped-def]
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
-def row_store_exp(row, out):  # type: ignore[no-untyped-def]
+def row_store_exp(row, out, scratch):  # type: ignore[no-untyped-def]
     """Write ``exp(row - M)`` into ``out`` (which may be ``row``); return ``(M, S')``, S' in float64.
 
     Used when every ``exp`` is needed again (softmax, gradients): one max
     sweep, then one sweep that stores and sums, so the later scaling sweep
     needs no second ``exp`` (half the arithmetic of recomputing it).
+    ``scratch`` is a CHUNK-long buffer when ``out`` is ``row`` (in place),
+    else empty: each chunk is copied there first, because LLVM's run-time
+    alias check sends a loop whose input and output overlap to its scalar
+    version (2x slower, and other roundings than the allocating call).
     """
     best = vector_max(row)
     shift = best if best != typed(row, -np.inf) else typed(row, 0.0)
@@ -142,6 +146,10 @@ def row_store_exp(row, out):  # type: ignore[no-untyped-def]
     ties = 0
     for start in range(0, row.size, CHUNK):
         chunk = row[start : start + CHUNK]
+        if scratch.size:
+            copy = scratch[: chunk.size]
+            copy[:] = chunk
+            chunk = copy
         stored = out[start : start + CHUNK]
         partial = typed(row, 0.0)
         for i in range(chunk.size):
@@ -239,7 +247,7 @@ def logsumexp_rows(x, out):  # type: ignore[no-untyped-def]
 
 
 @variants(FAST)
-def softmax_rows(x, out, log):  # type: ignore[no-untyped-def]
+def softmax_rows(x, out, log, scratch):  # type: ignore[no-untyped-def]
     for b in prange(x.shape[0]):
         row = x[b]
         if log:
@@ -248,7 +256,7 @@ def softmax_rows(x, out, log):  # type: ignore[no-untyped-def]
             for i in range(row.size):
                 out[b, i] = (row[i] - shift) - log_total
         else:
-            shift, rest = row_store_exp(row, out[b])
+            shift, rest = row_store_exp(row, out[b], scratch[get_thread_id()])
             _scale_stored(out[b], typed(row, 1 / (1.0 + rest)), typed(row, 0.0), row)
 
 
@@ -270,7 +278,7 @@ def _plain_row_loss(row, y, weight):  # type: ignore[no-untyped-def]
 
 
 @variants(FAST)
-def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse, grad, gscale, with_grad):  # type: ignore[no-untyped-def]
+def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse, grad, gscale, with_grad, scratch):  # type: ignore[no-untyped-def]
     n_rows, n_classes = x.shape
     if not with_grad and eps == 0 and cap == 0:
         # The plain loss gets its own loop: without the options' branches the
@@ -303,7 +311,7 @@ def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse
         weighted = row_weighted_sum(row, weight, cap) if eps > 0 else 0.0
         store = with_grad and cap == 0
         if store:
-            shift, rest = row_store_exp(row, grad[b])
+            shift, rest = row_store_exp(row, grad[b], scratch[get_thread_id()])
         else:
             shift, rest = row_shift_and_sum(row, cap)
         total = 1.0 + rest
@@ -337,13 +345,17 @@ def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse
 
 
 @variants(FAST)
-def xent_probs_rows(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscale, with_grad):  # type: ignore[no-untyped-def]
+def xent_probs_rows(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscale, with_grad, scratch):  # type: ignore[no-untyped-def]
     for b in prange(x.shape[0]):
         row = x[b]
         mass, moment = row_target_sums(row, target[b], weight, eps, cap)
+        # Read before the exps may overwrite the row (in place).
+        first = np.argmax(row) if with_grad and row.size else 0
+        z_first = capped(row[first], cap) if with_grad and row.size else typed(row, 0.0)
+        slope_first = cap_slope(row[first], cap) if with_grad and row.size and cap != 0 else 1.0
         store = with_grad and cap == 0
         if store:
-            shift, rest = row_store_exp(row, grad[b])
+            shift, rest = row_store_exp(row, grad[b], scratch[get_thread_id()])
         else:
             shift, rest = row_shift_and_sum(row, cap)
         total = 1.0 + rest
@@ -358,9 +370,8 @@ def xent_probs_rows(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscale
             _write_grad_probs(
                 row, target[b], grad[b], shift, typed(row, 1 / total), typed(row, a), g, eps, weight, cap, store
             )
-            first = np.argmax(row)
-            if capped(row[first], cap) == shift:
+            if z_first == shift:
                 # The maximum's exp is 1: a / S - g t'_m = ((a - g t'_m) - g t'_m S') / S, with no cancellation.
                 mass_m = g * np.float64(weight[first]) * (np.float64(target[b, first]) * (1.0 - eps) + eps / row.size)
                 value = ((a - mass_m) - mass_m * rest) / total
-                grad[b, first] = value * cap_slope(row[first], cap) if cap != 0 else value
+                grad[b, first] = value * slope_first
