@@ -7,10 +7,13 @@ picks; it never knows which backend that is.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import numpy.typing as npt
 
 from . import _dispatch
+from ._backends._interface import ScaledLogsumexp
 from ._layout import RowLayout, check_out, deliver, direct_output
 from ._validate import float_input
 
@@ -183,7 +186,7 @@ def logsumexp(
         except ValueError:
             raise ValueError(f"b must broadcast to x's shape {inp.array.shape}; got shape {scale.shape}") from None
         sign_rows = np.empty((n_rows, k), dtype=inp.compute_dtype)
-        backend = _dispatch.backend_with("logsumexp_scaled", rows.size)
+        backend = cast(ScaledLogsumexp, _dispatch.backend_with("logsumexp_scaled", rows.size))
         backend.logsumexp_scaled(rows, layout.rows(scale, inp.compute_dtype), out_rows, sign_rows, threads)
         if not return_sign:
             out_rows[sign_rows < 0] = np.nan
