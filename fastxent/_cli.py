@@ -186,6 +186,10 @@ def _under_load_command(args: argparse.Namespace) -> int:
 def _bench_command(args: argparse.Namespace) -> int:
     if args.under_load:
         return _under_load_command(args)
+    if args.dask:
+        from . import _bench_dask  # imports dask: only when asked for
+
+        return _bench_dask.main([])
     if args.threads is not None:
         _dispatch.set_num_threads(args.threads)
     threads = _dispatch.get_num_threads()
@@ -288,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--no-peers", action="store_true", help="skip torch / jax / tensorflow (NumPy by hand is still measured)"
+    )
+    bench.add_argument(
+        "--dask",
+        action="store_true",
+        help="instead: fastxent.dask on a LocalCluster, out of core (options: python -m fastxent._bench_dask --help)",
     )
     bench.add_argument(
         "--under-load",
