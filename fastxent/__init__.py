@@ -15,6 +15,7 @@ from ._dispatch import (
     set_num_threads,
     use_backend,
 )
+from ._linear import linear_cross_entropy, linear_cross_entropy_and_grad
 from ._normalize import log_softmax, logsumexp, softmax
 from ._tf_compat import softmax_cross_entropy_with_logits, sparse_softmax_cross_entropy_with_logits
 from ._version import __version__
@@ -28,6 +29,8 @@ __all__ = [
     "cross_entropy_and_grad",
     "get_backend",
     "get_num_threads",
+    "linear_cross_entropy",
+    "linear_cross_entropy_and_grad",
     "log_softmax",
     "logsumexp",
     "set_backend",

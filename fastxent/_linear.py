@@ -1,0 +1,778 @@
+"""Fused linear cross-entropy: the loss of ``hidden @ weight.T + bias`` without the logits.
+
+``linear_cross_entropy(hidden, weight, target)`` equals
+``cross_entropy(hidden @ weight.T + bias, target)``, but the ``(N, V)``
+logits never exist: the rows go through in blocks, and for each block
+
+1. ``block = hidden[i:j] @ weight.T (+ bias)``, by BLAS, into one buffer that
+   every block reuses;
+2. the cross-entropy kernel of the backend in force reads the block and, for
+   the gradient, overwrites it with ``d loss / d logits`` (the per-row scale of
+   the reduction and ``grad_output`` included);
+3. ``grad_hidden[i:j] = block @ weight`` and ``grad_weight += block.T @ hidden[i:j]``,
+   the latter by BLAS ``gemm`` with ``beta=1``: no ``(V, H)`` temporary.
+
+Each block's products read all of ``weight``. The loss alone needs no whole
+row at once, so when ``N < V`` (a language-model head) it goes by chunks of
+classes instead, reading all of the smaller ``hidden`` per chunk: the
+backend's log-sum-exp kernel per chunk, combined with ``logaddexp``.
+
+With SciPy, the products are SciPy's BLAS ``sgemm`` / ``dgemm`` on views
+(no copies): ``beta=1`` is not in NumPy's API, and one BLAS library for all
+three keeps a second thread pool (SciPy's wheels bundle their own OpenBLAS)
+out of the way. Without SciPy, NumPy's ``matmul`` adds ``block.T @
+hidden[i:j]`` through a scratch a chunk of classes at a time: correct, but
+slower (one BLAS call per chunk; docs/linear.md).
+
+The mean's divisor is known before the first block (from the whole target,
+as :func:`fastxent.cross_entropy` gets it), so each block's gradient is final
+when the kernel writes it; the blocks' losses are partial sums finished by
+:func:`fastxent._reduction.finish`.
+
+float16 / bfloat16 inputs are computed in float32 block by block: ``hidden``
+a block of rows and ``weight`` a chunk of classes at a time, so no
+full-size float32 copy of ``weight`` is made. With more than one block of
+rows the weight gradient is summed in a float32 ``(V, H)`` array.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _dispatch
+from ._backends._interface import Backend, LossParams
+from ._reduction import check_reduction, finish, gradient_scale
+from ._validate import float_input, index_target, integer
+from ._xent import (
+    DEFAULT_IGNORE_INDEX,
+    Reduction,
+    _check_ignore_index,
+    _check_options,
+    _params,
+    index_summary,
+)
+
+__all__ = ["linear_chunk_rows", "linear_cross_entropy", "linear_cross_entropy_and_grad"]
+
+#: A block has this many rows or this many bytes, whichever is more rows: the
+#: products of a block of R rows each pack all of ``weight``, so their speed
+#: falls with R (1 thread, V=32000, H=1024: 86-91 GFLOPS at 512 rows, 77-83
+#: at 158, 45-79 at 79). Fitting the block in the last-level cache would cost
+#: more in the products than it saves in the kernel.
+BLOCK_ROWS = 256
+BLOCK_BYTES = 64 * 2**20
+#: ... but at most this fraction of the ``(N, V)`` logits, so that the scratch
+#: of a call (the block and a few vectors) stays within 10% of the logits.
+BLOCK_FRACTION = 0.09
+#: ... and at least this many rows and bytes, whatever the fraction: fewer
+#: save too little memory to pay for a block's fixed costs.
+MIN_BLOCK_ROWS = 16
+MIN_BLOCK_BYTES = 2**20
+#: Without SciPy, the weight gradient is summed through a scratch of at most
+#: this many bytes and a tenth of a block (so that block and scratch stay
+#: within 10% of the logits); float16/bfloat16 weights are converted to
+#: float32 as much at a time.
+CHUNK_BYTES = 8 * 2**20
+
+
+def linear_chunk_rows(n_rows: int, n_classes: int, dtype: npt.DTypeLike = np.float32) -> int:
+    """Rows per block that :func:`linear_cross_entropy` uses by default.
+
+    A block of ``rows x n_classes`` logits in the compute dtype has 256 rows
+    or 64 MiB, whichever is more rows (the matrix products slow down on
+    thinner blocks), but at most 9% of the whole ``n_rows x n_classes``
+    logits (the issue's memory goal: a call's scratch within 10% of them);
+    at least 16 rows and 1 MiB (smaller blocks save too little to pay for
+    themselves), at most ``n_rows``. The blocks are then evened out so that
+    the last one is not a sliver.
+
+    Parameters
+    ----------
+    n_rows : int
+        ``N``, the number of rows of ``hidden`` (the product of its leading axes).
+    n_classes : int
+        ``V``, the number of rows of ``weight``.
+    dtype : dtype, default float32
+        The inputs' dtype; float16 and bfloat16 count as float32 (their
+        compute dtype).
+
+    Returns
+    -------
+    int
+        At least 1.
+
+    Examples
+    --------
+    >>> from fastxent._linear import linear_chunk_rows
+    >>> linear_chunk_rows(100, 1000)
+    100
+    >>> linear_chunk_rows(2048, 32000) < 0.1 * 2048
+    True
+    """
+    return _block_size(n_rows, n_classes, max(np.dtype(dtype).itemsize, 4))
+
+
+def _block_size(count: int, width: int, itemsize: int) -> int:
+    """How many of ``count`` lines of ``width`` logits go in a block: see :func:`linear_chunk_rows`."""
+    line_bytes = max(width, 1) * itemsize
+    lines = min(max(BLOCK_ROWS, BLOCK_BYTES // line_bytes), int(BLOCK_FRACTION * count))
+    lines = min(max(lines, MIN_BLOCK_ROWS, MIN_BLOCK_BYTES // line_bytes), count)
+    if lines <= 0:
+        return 1
+    blocks = -(-count // lines)
+    return -(-count // blocks)
+
+
+def _classes_per_chunk(n_rows: int, n_classes: int, itemsize: int) -> int | None:
+    """Classes per chunk when the loss alone is cheaper by chunks of classes than by blocks of rows; else None.
+
+    A block of rows multiplies by all of ``weight`` (V x H), a chunk of
+    classes by all of ``hidden`` (N x H): the cheaper way streams the smaller
+    operand (the forward of an LM head: N << V). Both keep to the same budget.
+    """
+    if not n_rows or not n_classes:
+        return None
+    classes = _block_size(n_classes, n_rows, itemsize)
+    rows = _block_size(n_rows, n_classes, itemsize)
+    within_budget = classes * n_rows * itemsize <= max(BLOCK_FRACTION * n_rows * n_classes * itemsize, MIN_BLOCK_BYTES)
+    cheaper = -(-n_classes // classes) * n_rows < -(-n_rows // rows) * n_classes
+    return classes if within_budget and cheaper else None
+
+
+class LinearCall(NamedTuple):
+    """A checked linear cross-entropy call, with its arrays laid out for the blocks."""
+
+    hidden: np.ndarray  # (N, H), the caller's dtype (a view when the memory allows)
+    weight: np.ndarray  # (V, H), the caller's dtype, C- or F-contiguous
+    bias: np.ndarray | None  # (V,), compute dtype
+    target: np.ndarray  # (N, 1), int32 or int64
+    class_weight: np.ndarray | None  # (V,), compute dtype
+    params: LossParams
+    reduction: str
+    z_loss: float
+    compute: np.dtype
+    result_dtype: np.dtype
+    loss_shape: tuple[int, ...]  # hidden's shape without its last axis
+    divisor: float
+    valid_rows: float
+    backend: Backend
+    chunk_rows: int
+    chunk_rows_given: bool  # the caller chose the block size: blocks of rows, whatever the cost
+
+
+def _weight_chunk_rows(call: LinearCall) -> int:
+    """Rows of ``weight`` per chunk of scratch: see :data:`CHUNK_BYTES`."""
+    n_classes, n_hidden = call.weight.shape
+    budget = min(CHUNK_BYTES, call.chunk_rows * n_classes * call.compute.itemsize // 10)
+    return max(1, min(n_classes, budget // max(1, n_hidden * call.compute.itemsize)))
+
+
+def _same_dtype(array: np.ndarray, dtype: np.dtype, name: str) -> None:
+    if array.dtype != dtype:
+        raise TypeError(f"{name} must have hidden's dtype {dtype}; got {array.dtype}")
+
+
+def _compute_layout(array: np.ndarray, compute: np.dtype) -> np.ndarray:
+    """``array`` as BLAS reads it without a copy per call: C- or F-contiguous, native order."""
+    half = array.dtype.itemsize == 2
+    if not half and array.dtype != compute:  # byte-swapped float32/float64
+        return np.ascontiguousarray(array, dtype=compute)
+    if array.flags.c_contiguous or array.flags.f_contiguous:
+        return array
+    return np.ascontiguousarray(array)
+
+
+def prepare(
+    hidden: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    target: npt.ArrayLike,
+    bias: npt.ArrayLike | None,
+    class_weight: npt.ArrayLike | None,
+    ignore_index: object,
+    reduction: object,
+    label_smoothing: object,
+    z_loss: object,
+    softcap: object,
+    chunk_rows: object,
+) -> LinearCall:
+    """Check a linear cross-entropy call; every error names the argument and the shapes or value."""
+    hidden_array, compute, result_dtype = float_input(hidden, "hidden")
+    weight_array = float_input(weight, "weight").array
+    shape = hidden_array.shape
+    if not shape:
+        raise ValueError("hidden must have at least 1 dimension (the hidden features, last); got a 0-d array")
+    n_hidden = shape[-1]
+    if weight_array.ndim != 2 or weight_array.shape[1] != n_hidden:
+        raise ValueError(
+            f"weight must have shape (V, {n_hidden}) (torch.nn.Linear.weight: one row per class, "
+            f"hidden's last axis {n_hidden} as columns) for hidden of shape {shape}; got {weight_array.shape}"
+        )
+    _same_dtype(weight_array, hidden_array.dtype, "weight")
+    n_classes = weight_array.shape[0]
+    bias_array = None
+    if bias is not None:
+        bias_array = float_input(bias, "bias").array
+        if bias_array.shape != (n_classes,):
+            raise ValueError(
+                f"bias must have shape ({n_classes},), one per row of weight of shape {weight_array.shape}; "
+                f"got {bias_array.shape}"
+            )
+        _same_dtype(bias_array, hidden_array.dtype, "bias")
+        bias_array = np.ascontiguousarray(bias_array, dtype=compute)
+    reduction = check_reduction(reduction)
+    ignore = _check_ignore_index(ignore_index)
+    eps, z, cap = _check_options(label_smoothing, z_loss, softcap)
+    weights = None
+    if class_weight is not None:
+        weights = float_input(class_weight, "class_weight").array
+        if weights.shape != (n_classes,):
+            raise ValueError(
+                f"class_weight must have shape ({n_classes},), one per row of weight of shape "
+                f"{weight_array.shape}; got {weights.shape}"
+            )
+        weights = np.ascontiguousarray(weights, dtype=compute)
+    n_rows = math.prod(shape[:-1])
+    if chunk_rows is None:
+        rows = linear_chunk_rows(n_rows, n_classes, compute)
+    else:
+        rows = integer(chunk_rows, "chunk_rows")
+        if rows < 1:
+            raise ValueError(f"chunk_rows must be None or an integer >= 1; got {chunk_rows!r}")
+
+    loss_shape = shape[:-1]
+    target_array = target if type(target) is np.ndarray else np.asarray(target)
+    kind = target_array.dtype.kind
+    if kind not in "iu":
+        probabilities = " (class probabilities are not supported)" if kind == "f" else ""
+        raise TypeError(
+            f"target must hold class indices (an integer dtype){probabilities}; got dtype {target_array.dtype}"
+        )
+    if target_array.shape != loss_shape:
+        raise ValueError(
+            f"target must have shape {loss_shape} (hidden's shape {shape} without its last axis); "
+            f"got {target_array.shape}"
+        )
+    indices = index_target(target_array, "target").reshape(n_rows, 1)
+    backend = _dispatch.current_backend(n_rows * n_classes)
+    valid, divisor = index_summary(backend, indices, weights, n_classes, ignore, "target", loss_shape)
+    return LinearCall(
+        hidden=_compute_layout(hidden_array, compute).reshape(n_rows, n_hidden),
+        weight=_compute_layout(weight_array, compute),
+        bias=bias_array,
+        target=indices,
+        class_weight=weights,
+        params=_params(ignore, eps, cap),
+        reduction=reduction,
+        z_loss=z,
+        compute=compute,
+        result_dtype=result_dtype,
+        loss_shape=loss_shape,
+        divisor=divisor,
+        valid_rows=float(valid),
+        backend=backend,
+        chunk_rows=rows,
+        chunk_rows_given=chunk_rows is not None,
+    )
+
+
+@functools.cache
+def _scipy_gemm(dtype: np.dtype) -> Callable[..., np.ndarray] | None:
+    """SciPy's BLAS ``?gemm`` for ``dtype`` (``c = alpha * op(a) @ op(b) + beta * c``); None without SciPy."""
+    try:
+        from scipy.linalg import blas
+    except ImportError:
+        return None
+    return blas.sgemm if dtype == np.float32 else blas.dgemm  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _blas_pools() -> Any:
+    """threadpoolctl's handle on the BLAS libraries (SciPy's included); None without threadpoolctl."""
+    _scipy_gemm(np.dtype(np.float32))  # loads SciPy's BLAS, if any, before the libraries are listed
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController().select(user_api="blas")
+
+
+@contextlib.contextmanager
+def blas_threads(n_threads: int) -> Iterator[None]:
+    """Run BLAS on ``n_threads`` threads inside the block, so that BLAS and the kernels use the same cores.
+
+    BLAS pools are process-wide: other threads calling BLAS meanwhile get the same limit.
+    """
+    pools = _blas_pools()
+    if pools is None:
+        yield
+        return
+    with pools.limit(limits=n_threads):
+        yield
+
+
+def accumulate_products(total: np.ndarray, a: np.ndarray, b: np.ndarray, first: bool, scratch: np.ndarray) -> None:
+    """``total = a.T @ b`` when ``first``, else ``total += a.T @ b``, through ``scratch``: NumPy only.
+
+    ``total (V, H)``, ``a (r, V)``, ``b (r, H)``, ``scratch (rows, H)``: one
+    float dtype. The sum goes a chunk of ``total``'s rows at a time, so no
+    temporary of ``total``'s size is made.
+    """
+    if first:
+        np.matmul(a.T, b, out=total)
+        return
+    step = scratch.shape[0]
+    for start in range(0, total.shape[0], step):
+        stop = min(start + step, total.shape[0])
+        part = scratch[: stop - start]
+        np.matmul(a[:, start:stop].T, b, out=part)
+        total[start:stop] += part
+
+
+class _Outputs(NamedTuple):
+    grad_hidden: np.ndarray  # (N, H), the caller's dtype
+    grad_weight: np.ndarray  # (V, H), the caller's dtype
+    grad_bias: np.ndarray | None  # (V,), the caller's dtype
+
+
+class _Products:
+    """The three matrix products of a block for float32/float64 inputs: BLAS reads them as they are.
+
+    SciPy's ``gemm`` gets every operand as a Fortran-order view: ``x.T`` of a
+    C-contiguous ``x``, or ``x`` itself with ``trans=1``.
+    """
+
+    def __init__(self, call: LinearCall, outputs: _Outputs | None) -> None:
+        self.hidden = call.hidden
+        self.weight = call.weight
+        self.bias = call.bias
+        self.outputs = outputs
+        # f2py rejects some empty operands; NumPy's matmul takes them.
+        self.gemm = _scipy_gemm(call.compute) if call.weight.size else None
+        if call.weight.flags.c_contiguous:
+            self.weight_as_is, self.weight_transposed = (call.weight.T, 1), (call.weight.T, 0)
+        else:
+            self.weight_as_is, self.weight_transposed = (call.weight, 0), (call.weight, 1)
+        if outputs is not None and self.gemm is None:
+            self.scratch = np.empty((_weight_chunk_rows(call), call.weight.shape[1]), call.compute)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        rows = self.hidden[start:stop]
+        return rows if rows.flags.c_contiguous else np.ascontiguousarray(rows)
+
+    def logits(self, rows: np.ndarray, out: np.ndarray, low: int = 0, high: int | None = None) -> None:
+        """``out = rows @ weight[low:high].T (+ bias[low:high])``; ``out`` C-contiguous."""
+        classes = slice(low, high)
+        weight, trans = self.weight_as_is
+        # Some rows of an F-order weight are not a Fortran array: f2py would copy them.
+        if self.gemm is None or (high is not None and not trans):
+            np.matmul(rows, self.weight[classes].T, out=out)
+        else:  # out.T (V, r) = weight @ rows.T
+            operand = weight[:, classes] if trans else weight[classes]
+            self.gemm(1.0, operand, rows.T, c=out.T, trans_a=trans, overwrite_c=1)
+        if self.bias is not None:
+            out += self.bias[classes]
+
+    def backward(self, grad: np.ndarray, rows: np.ndarray, start: int, stop: int) -> None:
+        assert self.outputs is not None
+        grad_hidden, grad_weight, grad_bias = self.outputs
+        first = start == 0
+        if self.gemm is None:
+            np.matmul(grad, self.weight, out=grad_hidden[start:stop])
+            accumulate_products(grad_weight, grad, rows, first, self.scratch)
+        else:
+            # grad_hidden[i:j].T (H, r) = weight.T @ grad.T; grad_weight.T (H, V) (+)= rows.T @ grad
+            weight, trans = self.weight_transposed
+            self.gemm(1.0, weight, grad.T, c=grad_hidden[start:stop].T, trans_a=trans, overwrite_c=1)
+            self.gemm(1.0, rows.T, grad.T, beta=0.0 if first else 1.0, c=grad_weight.T, trans_b=1, overwrite_c=1)
+        if grad_bias is not None:
+            if first:
+                np.sum(grad, axis=0, out=grad_bias)
+            else:
+                grad_bias += np.sum(grad, axis=0)
+
+    def finish(self) -> None:
+        """Nothing to do: the outputs were written in place."""
+
+
+class _ConvertedProducts:
+    """The products for float16/bfloat16 inputs: float32 BLAS on converted blocks and weight chunks."""
+
+    def __init__(self, call: LinearCall, outputs: _Outputs | None, rows: int) -> None:
+        self.hidden = call.hidden
+        self.weight = call.weight
+        self.bias = call.bias
+        self.outputs = outputs
+        n_classes, n_hidden = call.weight.shape
+        f32 = np.dtype(np.float32)
+        self.step = _weight_chunk_rows(call)
+        self.chunk = np.empty((self.step, n_hidden), f32)
+        if outputs is None:
+            return
+        self.grad_hidden = np.empty((rows, n_hidden), f32)
+        self.part = np.empty((self.step, n_hidden), f32)
+        single = rows >= call.hidden.shape[0]
+        # One block writes the weight gradient chunk by chunk; several sum it in float32.
+        self.grad_weight = None if single else np.empty((n_classes, n_hidden), f32)
+        self.grad_bias = None if call.bias is None else np.zeros(n_classes, f32)
+
+    def _chunks(self, low: int = 0, high: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(start, stop, weight[start:stop] in float32)`` over the classes ``low:high``."""
+        end = self.weight.shape[0] if high is None else high
+        for start in range(low, end, self.step):
+            stop = min(start + self.step, end)
+            chunk = self.chunk[: stop - start]
+            np.copyto(chunk, self.weight[start:stop])
+            yield start, stop, chunk
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self.hidden[start:stop].astype(np.float32)
+
+    def logits(self, rows: np.ndarray, out: np.ndarray, low: int = 0, high: int | None = None) -> None:
+        """``out = rows @ weight[low:high].T (+ bias[low:high])``, a chunk of ``weight`` converted at a time."""
+        for start, stop, chunk in self._chunks(low, high):
+            np.matmul(rows, chunk.T, out=out[:, start - low : stop - low])
+        if self.bias is not None:
+            out += self.bias[low:high]
+
+    def backward(self, grad: np.ndarray, rows: np.ndarray, start: int, stop: int) -> None:
+        assert self.outputs is not None
+        grad_hidden = self.grad_hidden[: stop - start]
+        grad_hidden.fill(0.0)  # for V == 0; otherwise the first chunk overwrites it
+        first = start == 0
+        for low, high, chunk in self._chunks():
+            grad_hidden += grad[:, low:high] @ chunk
+            part = self.part[: high - low]
+            if self.grad_weight is None:
+                np.matmul(grad[:, low:high].T, rows, out=part)
+                self.outputs.grad_weight[low:high] = part
+            elif first:
+                np.matmul(grad[:, low:high].T, rows, out=self.grad_weight[low:high])
+            else:
+                np.matmul(grad[:, low:high].T, rows, out=part)
+                self.grad_weight[low:high] += part
+        self.outputs.grad_hidden[start:stop] = grad_hidden
+        if self.grad_bias is not None:
+            self.grad_bias += np.sum(grad, axis=0)
+
+    def finish(self) -> None:
+        """Round the float32 sums into the caller's dtype."""
+        if self.outputs is None:
+            return
+        if self.grad_weight is not None:
+            self.outputs.grad_weight[...] = self.grad_weight
+        if self.grad_bias is not None and self.outputs.grad_bias is not None:
+            self.outputs.grad_bias[...] = self.grad_bias
+
+
+def _sweep(
+    call: LinearCall, params: LossParams, outputs: _Outputs | None, grad_scale: np.ndarray | float | None
+) -> np.ndarray | np.floating:
+    """Run every block through the products and the kernel; return the loss.
+
+    With ``outputs``, the kernel turns each block into its gradient in place
+    and the backward products fill ``outputs``.
+    """
+    n_rows = call.hidden.shape[0]
+    n_classes = call.weight.shape[0]
+    step = call.chunk_rows
+    buffer = np.empty((min(step, n_rows), n_classes), call.compute)
+    products: _Products | _ConvertedProducts
+    if call.compute == call.hidden.dtype:
+        products = _Products(call, outputs)
+    else:
+        products = _ConvertedProducts(call, outputs, step)
+    loss_rows = lse_rows = totals = None
+    if call.reduction == "none":
+        loss_rows = np.empty((n_rows, 1), call.compute)
+        lse_rows = np.empty((n_rows, 1), call.compute) if call.z_loss else None
+    else:
+        totals = np.empty(2)
+    loss_sum = square_sum = 0.0
+    n_threads = _dispatch.get_num_threads()
+    kernel = call.backend.cross_entropy_index
+    with blas_threads(n_threads):
+        for start in range(0, n_rows, step):
+            stop = min(start + step, n_rows)
+            block = buffer[: stop - start]
+            rows = products.rows(start, stop)
+            products.logits(rows, block)
+            logits = block.reshape(stop - start, n_classes, 1)
+            kernel(
+                logits,
+                call.target[start:stop],
+                call.class_weight,
+                params,
+                None if loss_rows is None else loss_rows[start:stop],
+                None if lse_rows is None else lse_rows[start:stop],
+                None if outputs is None else logits,
+                grad_scale[start:stop] if isinstance(grad_scale, np.ndarray) else grad_scale,
+                totals,
+                n_threads,
+            )
+            if totals is not None:
+                loss_sum += float(totals[0])
+                square_sum += float(totals[1])
+            if outputs is not None:
+                products.backward(block, rows, start, stop)
+    products.finish()
+    if loss_rows is None:
+        total = finish(call.reduction, call.z_loss, loss_sum, call.divisor, square_sum, call.valid_rows)
+        return call.result_dtype.type(total)  # type: ignore[no-any-return]
+    if lse_rows is not None:
+        with np.errstate(all="ignore"):
+            loss_rows = (loss_rows + call.z_loss * np.square(lse_rows, dtype=np.float64)).astype(call.compute)
+    return loss_rows.reshape(call.loss_shape).astype(call.result_dtype, copy=False)
+
+
+def _loss_by_classes(call: LinearCall, step: int) -> np.ndarray | np.floating:
+    """The loss alone, ``step`` classes of every row at a time (no gradient, so rows need not be whole).
+
+    Each chunk of logits gives its log-sum-exp (the backend's kernel), the
+    rows' target logits and, for label smoothing, its class-weighted sum;
+    the chunks combine with ``logaddexp`` and sums. The loss is then the
+    kernels' formula, ``(1 - eps) * w[y] * (lse - x[y]) + eps / V * sum_c w[c] * (lse - x[c])``.
+    """
+    n_rows = call.hidden.shape[0]
+    n_classes = call.weight.shape[0]
+    eps, cap = call.params.label_smoothing, call.params.softcap
+    products: _Products | _ConvertedProducts
+    if call.compute == call.hidden.dtype:
+        products = _Products(call, None)
+    else:
+        products = _ConvertedProducts(call, None, n_rows)
+    rows = products.rows(0, n_rows)
+    flat = np.empty(n_rows * step, call.compute)
+    chunk_lse = np.empty((n_rows, 1), call.compute)
+    lse = np.full(n_rows, -np.inf)
+    picked = np.zeros(n_rows)
+    smoothed = np.zeros(n_rows) if eps else None
+    target = call.target[:, 0]
+    valid = (target != call.params.ignore_index) & (target >= 0) & (target < n_classes)
+    n_threads = _dispatch.get_num_threads()
+    with blas_threads(n_threads), np.errstate(all="ignore"):
+        for low in range(0, n_classes, step):
+            high = min(low + step, n_classes)
+            block = flat[: n_rows * (high - low)].reshape(n_rows, high - low)
+            products.logits(rows, block, low, high)
+            if cap:
+                np.divide(block, cap, out=block)
+                np.tanh(block, out=block)
+                block *= cap
+            call.backend.logsumexp(block.reshape(n_rows, high - low, 1), chunk_lse, n_threads)
+            np.logaddexp(lse, chunk_lse[:, 0], out=lse)
+            here = np.flatnonzero(valid & (target >= low) & (target < high))
+            picked[here] = block[here, target[here] - low]
+            if smoothed is not None:
+                weights = None if call.class_weight is None else call.class_weight[low:high]
+                smoothed += block.sum(axis=1) if weights is None else block @ weights
+        weight_of_target = 1.0 if call.class_weight is None else call.class_weight[np.where(valid, target, 0)]
+        loss = (1.0 - eps) * weight_of_target * (lse - picked)
+        if smoothed is not None:
+            weight_sum = (
+                float(n_classes) if call.class_weight is None else float(np.sum(call.class_weight, dtype=np.float64))
+            )
+            loss += eps / n_classes * (weight_sum * lse - smoothed)
+        loss = np.where(valid, loss, 0.0)
+        lse = np.where(valid, lse, 0.0)
+        if call.reduction != "none":
+            total = finish(
+                call.reduction,
+                call.z_loss,
+                float(np.sum(loss)),
+                call.divisor,
+                float(np.sum(lse * lse)),
+                call.valid_rows,
+            )
+            return call.result_dtype.type(total)  # type: ignore[no-any-return]
+        if call.z_loss:
+            loss += call.z_loss * lse * lse
+    return loss.astype(call.compute).reshape(call.loss_shape).astype(call.result_dtype, copy=False)
+
+
+def _upstream(grad_output: object, call: LinearCall) -> np.ndarray | float:
+    """``grad_output`` as one float, or for ``reduction="none"`` a float64 ``(N, 1)`` array."""
+    if grad_output is None:
+        return 1.0
+    array = np.asarray(grad_output)
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"grad_output must hold real numbers; got dtype {array.dtype}")
+    if array.ndim == 0:
+        return float(array)
+    if call.reduction != "none":
+        raise ValueError(f"grad_output must be a scalar for reduction={call.reduction!r}; got shape {array.shape}")
+    try:
+        rows = np.broadcast_to(array, call.loss_shape)
+    except ValueError:
+        raise ValueError(
+            f"grad_output must be a scalar or have the loss's shape {call.loss_shape}; got shape {array.shape}"
+        ) from None
+    return np.ascontiguousarray(rows, dtype=np.float64).reshape(-1, 1)
+
+
+def linear_cross_entropy(
+    hidden: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    target: npt.ArrayLike,
+    bias: npt.ArrayLike | None = None,
+    *,
+    class_weight: npt.ArrayLike | None = None,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: Reduction = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_rows: int | None = None,
+) -> np.ndarray | np.floating:
+    """Cross-entropy of the logits ``hidden @ weight.T + bias``, without making them.
+
+    Equal to ``cross_entropy(hidden @ weight.T + bias, target,
+    weight=class_weight, ...)`` with every option as in
+    :func:`fastxent.cross_entropy` (torch's weighted mean included), but the
+    ``(N, V)`` logits are computed, reduced and dropped a block of rows at a
+    time (or, when ``N < V`` and ``chunk_rows`` is not given, a chunk of
+    classes of every row at a time): besides the inputs, a call holds one
+    block of logits, within 10% of all of them (at least 16 rows and 1 MiB).
+
+    Parameters
+    ----------
+    hidden : array_like of float16, bfloat16, float32 or float64, shape (..., H)
+        Every leading axis is a row: ``N`` is their product.
+    weight : array_like of shape (V, H)
+        One row per class, as ``torch.nn.Linear.weight``; ``hidden``'s dtype.
+    target : array_like of integers, of ``hidden``'s shape without the last axis
+        Class indices in ``[0, V)`` or equal to ``ignore_index``.
+    bias : array_like of shape (V,), optional
+        Added to every row of logits; ``hidden``'s dtype.
+    class_weight : array_like of shape (V,), optional
+        A weight per class (``cross_entropy``'s ``weight``).
+    ignore_index, reduction, label_smoothing, z_loss, softcap
+        As :func:`fastxent.cross_entropy`.
+    chunk_rows : int, optional
+        Rows per block; :func:`linear_chunk_rows` by default. Giving it
+        also makes the loss alone go by blocks of rows. Results do not
+        depend on it beyond rounding.
+
+    Returns
+    -------
+    ndarray or scalar
+        ``hidden``'s dtype; of ``target``'s shape for ``"none"``, else a
+        scalar. float32 and float64 are computed in their own precision,
+        float16 and bfloat16 in float32.
+
+    Raises
+    ------
+    TypeError
+        For non-float ``hidden``, dtypes that differ between ``hidden``,
+        ``weight`` and ``bias``, non-integer targets or arguments of the wrong type.
+    ValueError
+        For shapes that do not fit together (the message shows both) and
+        out-of-range options.
+    IndexError
+        For a target outside ``[0, V)`` other than ``ignore_index``, with its position.
+
+    See Also
+    --------
+    linear_cross_entropy_and_grad : the loss and its gradients.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastxent._linear import linear_cross_entropy
+    >>> hidden = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> weight = np.array([[2.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    >>> round(float(linear_cross_entropy(hidden, weight, np.array([0, 2]))), 5)
+    0.66908
+    """
+    call = prepare(
+        hidden, weight, target, bias, class_weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+        chunk_rows,
+    )  # fmt: skip
+    if not call.chunk_rows_given:
+        step = _classes_per_chunk(call.hidden.shape[0], call.weight.shape[0], call.compute.itemsize)
+        if step is not None:
+            return _loss_by_classes(call, step)
+    return _sweep(call, call.params, None, None)
+
+
+def linear_cross_entropy_and_grad(
+    hidden: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    target: npt.ArrayLike,
+    bias: npt.ArrayLike | None = None,
+    *,
+    class_weight: npt.ArrayLike | None = None,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: Reduction = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_rows: int | None = None,
+    grad_output: npt.ArrayLike | float | None = None,
+) -> tuple[np.ndarray | np.floating, np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`linear_cross_entropy` and its gradients with respect to ``hidden``, ``weight`` and ``bias``.
+
+    Each block of logits is turned into its gradient in place and multiplied
+    back right away, so the call holds one block of logits besides its inputs
+    and outputs (plus, for float16/bfloat16 over several blocks, a float32
+    sum of the weight gradient).
+
+    Parameters
+    ----------
+    hidden, weight, target, bias, class_weight, ignore_index, reduction, label_smoothing, z_loss, softcap, chunk_rows
+        As :func:`linear_cross_entropy`.
+    grad_output : float or array_like, optional
+        The upstream gradient: a scalar, or for ``reduction="none"`` an array
+        of the loss's shape (broadcastable to it). Defaults to 1.
+
+    Returns
+    -------
+    loss : ndarray or scalar
+        As :func:`linear_cross_entropy`.
+    grad_hidden : ndarray of ``hidden``'s shape and dtype
+    grad_weight : ndarray of shape (V, H), ``hidden``'s dtype
+    grad_bias : ndarray of shape (V,), or None when ``bias`` is None
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastxent._linear import linear_cross_entropy_and_grad
+    >>> hidden = np.array([[1.0, 0.0]])
+    >>> weight = np.zeros((2, 2))
+    >>> loss, grad_hidden, grad_weight, grad_bias = linear_cross_entropy_and_grad(
+    ...     hidden, weight, np.array([0]), np.zeros(2))
+    >>> float(loss), grad_bias
+    (0.6931471805599453, array([-0.5,  0.5]))
+    >>> grad_weight
+    array([[-0.5,  0. ],
+           [ 0.5,  0. ]])
+    """
+    call = prepare(
+        hidden, weight, target, bias, class_weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+        chunk_rows,
+    )  # fmt: skip
+    upstream = _upstream(grad_output, call)
+    grad_scale, z_coef = upstream, call.z_loss
+    if isinstance(upstream, float) and call.reduction != "none":
+        grad_scale, z_coef = gradient_scale(call.reduction, upstream, call.divisor, call.valid_rows, call.z_loss)
+    params = call.params
+    if z_coef:
+        params = _params(params.ignore_index, params.label_smoothing, params.softcap, z_coef)
+    n_rows, n_hidden = call.hidden.shape
+    n_classes = call.weight.shape[0]
+    dtype = call.result_dtype
+    outputs = _Outputs(
+        grad_hidden=np.empty((n_rows, n_hidden), dtype),
+        # With no rows the products never run: the weight and bias gradients are zero.
+        grad_weight=(np.empty if n_rows else np.zeros)((n_classes, n_hidden), dtype),
+        grad_bias=None if call.bias is None else (np.empty if n_rows else np.zeros)(n_classes, dtype),
+    )
+    loss = _sweep(call, params, outputs, grad_scale)
+    hidden_shape = (*call.loss_shape, n_hidden)
+    return loss, outputs.grad_hidden.reshape(hidden_shape), outputs.grad_weight, outputs.grad_bias
