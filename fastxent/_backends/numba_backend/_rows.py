@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import get_thread_id, njit, prange
+from numba import njit, prange
 
 from ._launch import variants
 from ._simd import fast_exp, typed, vector_max
@@ -138,7 +138,10 @@ def row_store_exp(row, out, scratch):  # type: ignore[no-untyped-def]
     ``scratch`` is a CHUNK-long buffer when ``out`` is ``row`` (in place),
     else empty: each chunk is copied there first, because LLVM's run-time
     alias check sends a loop whose input and output overlap to its scalar
-    version (2x slower, and other roundings than the allocating call).
+    version (2x slower, and other roundings than the allocating call). The
+    drivers give each part of their prange its own buffer: numba.get_thread_id
+    would bake a process-specific address into the on-disk cache (a second
+    process loading it crashed).
     """
     best = vector_max(row)
     shift = best if best != typed(row, -np.inf) else typed(row, 0.0)
@@ -248,16 +251,20 @@ def logsumexp_rows(x, out):  # type: ignore[no-untyped-def]
 
 @variants(FAST)
 def softmax_rows(x, out, log, scratch):  # type: ignore[no-untyped-def]
-    for b in prange(x.shape[0]):
-        row = x[b]
-        if log:
-            shift, rest = row_shift_and_sum(row, 0.0)
-            log_total = math.log1p(rest)
-            for i in range(row.size):
-                out[b, i] = (row[i] - shift) - log_total
-        else:
-            shift, rest = row_store_exp(row, out[b], scratch[get_thread_id()])
-            _scale_stored(out[b], typed(row, 1 / (1.0 + rest)), typed(row, 0.0), row)
+    # One static range of rows per part, each with its own chunk buffer (see row_store_exp).
+    parts = scratch.shape[0]
+    for part in prange(parts):
+        buffer = scratch[part]
+        for b in range(part * x.shape[0] // parts, (part + 1) * x.shape[0] // parts):
+            row = x[b]
+            if log:
+                shift, rest = row_shift_and_sum(row, 0.0)
+                log_total = math.log1p(rest)
+                for i in range(row.size):
+                    out[b, i] = (row[i] - shift) - log_total
+            else:
+                shift, rest = row_store_exp(row, out[b], buffer)
+                _scale_stored(out[b], typed(row, 1 / (1.0 + rest)), typed(row, 0.0), row)
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
@@ -296,82 +303,92 @@ def xent_index_rows(x, target, weight, ignore_index, eps, cap, z_coef, loss, lse
     for c in range(n_classes):
         weight_sum += np.float64(weight[c])
     smooth = eps / n_classes if n_classes else 0.0
-    for b in prange(n_rows):
-        y = target[b]
-        if y == ignore_index or y < 0 or y >= n_classes:
-            loss[b] = 0
-            lse[b] = 0
-            if with_grad:
-                grad[b, :] = 0
-            continue
-        row = x[b]
-        raw_y = row[y]
-        x_y = capped(raw_y, cap)
-        w_y = np.float64(weight[y])
-        weighted = row_weighted_sum(row, weight, cap) if eps > 0 else 0.0
-        store = with_grad and cap == 0
-        if store:
-            shift, rest = row_store_exp(row, grad[b], scratch[get_thread_id()])
-        else:
-            shift, rest = row_shift_and_sum(row, cap)
-        total = 1.0 + rest
-        log_total = math.log1p(rest)
-        row_lse = np.float64(shift) + log_total
-        value = (1.0 - eps) * w_y * (np.float64(shift - x_y) + log_total)
-        if eps > 0:
-            value += smooth * (weight_sum * row_lse - weighted)
-        loss[b] = value
-        lse[b] = row_lse
-        if with_grad:
-            g = gscale[b]
-            a = g * ((1.0 - eps) * w_y + smooth * weight_sum)
-            if z_coef != 0:
-                a += g * 2.0 * z_coef * row_lse
-            slope_y = cap_slope(raw_y, cap) if cap != 0 else 1.0
+    # One static range of rows per part, each with its own chunk buffer (see row_store_exp).
+    parts = scratch.shape[0]
+    for part in prange(parts):
+        buffer = scratch[part]
+        for b in range(part * n_rows // parts, (part + 1) * n_rows // parts):
+            y = target[b]
+            if y == ignore_index or y < 0 or y >= n_classes:
+                loss[b] = 0
+                lse[b] = 0
+                if with_grad:
+                    grad[b, :] = 0
+                continue
+            row = x[b]
+            raw_y = row[y]
+            x_y = capped(raw_y, cap)
+            w_y = np.float64(weight[y])
+            weighted = row_weighted_sum(row, weight, cap) if eps > 0 else 0.0
+            store = with_grad and cap == 0
             if store:
-                _scale_stored(grad[b], typed(row, a / total), typed(row, g * smooth), weight)
+                shift, rest = row_store_exp(row, grad[b], buffer)
             else:
-                _write_grad_capped(
-                    row, grad[b], shift, typed(row, 1 / total), typed(row, a), typed(row, g * smooth), weight, cap
-                )
-            c = g * (1.0 - eps) * w_y
-            if x_y == shift:
-                # exp(x_y - M) = 1: a / S - c = ((a - c) - c * S') / S, with no cancellation.
-                grad[b, y] = (
-                    ((a - c) - c * rest) / total - g * smooth * (np.float64(weight[y]) if eps > 0 else 0.0)
-                ) * slope_y
-            else:
-                grad[b, y] -= c * slope_y
+                shift, rest = row_shift_and_sum(row, cap)
+            total = 1.0 + rest
+            log_total = math.log1p(rest)
+            row_lse = np.float64(shift) + log_total
+            value = (1.0 - eps) * w_y * (np.float64(shift - x_y) + log_total)
+            if eps > 0:
+                value += smooth * (weight_sum * row_lse - weighted)
+            loss[b] = value
+            lse[b] = row_lse
+            if with_grad:
+                g = gscale[b]
+                a = g * ((1.0 - eps) * w_y + smooth * weight_sum)
+                if z_coef != 0:
+                    a += g * 2.0 * z_coef * row_lse
+                slope_y = cap_slope(raw_y, cap) if cap != 0 else 1.0
+                if store:
+                    _scale_stored(grad[b], typed(row, a / total), typed(row, g * smooth), weight)
+                else:
+                    _write_grad_capped(
+                        row, grad[b], shift, typed(row, 1 / total), typed(row, a), typed(row, g * smooth), weight, cap
+                    )
+                c = g * (1.0 - eps) * w_y
+                if x_y == shift:
+                    # exp(x_y - M) = 1: a / S - c = ((a - c) - c * S') / S, with no cancellation.
+                    grad[b, y] = (
+                        ((a - c) - c * rest) / total - g * smooth * (np.float64(weight[y]) if eps > 0 else 0.0)
+                    ) * slope_y
+                else:
+                    grad[b, y] -= c * slope_y
 
 
 @variants(FAST)
 def xent_probs_rows(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscale, with_grad, scratch):  # type: ignore[no-untyped-def]
-    for b in prange(x.shape[0]):
-        row = x[b]
-        mass, moment = row_target_sums(row, target[b], weight, eps, cap)
-        # Read before the exps may overwrite the row (in place).
-        first = np.argmax(row) if with_grad and row.size else 0
-        z_first = capped(row[first], cap) if with_grad and row.size else typed(row, 0.0)
-        slope_first = cap_slope(row[first], cap) if with_grad and row.size and cap != 0 else 1.0
-        store = with_grad and cap == 0
-        if store:
-            shift, rest = row_store_exp(row, grad[b], scratch[get_thread_id()])
-        else:
-            shift, rest = row_shift_and_sum(row, cap)
-        total = 1.0 + rest
-        row_lse = np.float64(shift) + math.log1p(rest)
-        loss[b] = mass * row_lse - moment
-        lse[b] = row_lse
-        if with_grad:
-            g = gscale[b]
-            a = g * mass
-            if z_coef != 0:
-                a += g * 2.0 * z_coef * row_lse
-            _write_grad_probs(
-                row, target[b], grad[b], shift, typed(row, 1 / total), typed(row, a), g, eps, weight, cap, store
-            )
-            if z_first == shift:
-                # The maximum's exp is 1: a / S - g t'_m = ((a - g t'_m) - g t'_m S') / S, with no cancellation.
-                mass_m = g * np.float64(weight[first]) * (np.float64(target[b, first]) * (1.0 - eps) + eps / row.size)
-                value = ((a - mass_m) - mass_m * rest) / total
-                grad[b, first] = value * slope_first
+    # One static range of rows per part, each with its own chunk buffer (see row_store_exp).
+    parts = scratch.shape[0]
+    for part in prange(parts):
+        buffer = scratch[part]
+        for b in range(part * x.shape[0] // parts, (part + 1) * x.shape[0] // parts):
+            row = x[b]
+            mass, moment = row_target_sums(row, target[b], weight, eps, cap)
+            # Read before the exps may overwrite the row (in place).
+            first = np.argmax(row) if with_grad and row.size else 0
+            z_first = capped(row[first], cap) if with_grad and row.size else typed(row, 0.0)
+            slope_first = cap_slope(row[first], cap) if with_grad and row.size and cap != 0 else 1.0
+            store = with_grad and cap == 0
+            if store:
+                shift, rest = row_store_exp(row, grad[b], buffer)
+            else:
+                shift, rest = row_shift_and_sum(row, cap)
+            total = 1.0 + rest
+            row_lse = np.float64(shift) + math.log1p(rest)
+            loss[b] = mass * row_lse - moment
+            lse[b] = row_lse
+            if with_grad:
+                g = gscale[b]
+                a = g * mass
+                if z_coef != 0:
+                    a += g * 2.0 * z_coef * row_lse
+                _write_grad_probs(
+                    row, target[b], grad[b], shift, typed(row, 1 / total), typed(row, a), g, eps, weight, cap, store
+                )
+                if z_first == shift:
+                    # The maximum's exp is 1: a / S - g t'_m = ((a - g t'_m) - g t'_m S') / S, with no cancellation.
+                    mass_m = (
+                        g * np.float64(weight[first]) * (np.float64(target[b, first]) * (1.0 - eps) + eps / row.size)
+                    )
+                    value = ((a - mass_m) - mass_m * rest) / total
+                    grad[b, first] = value * slope_first
