@@ -172,9 +172,12 @@ cdef inline double log_sum(const real *dtype, double total) noexcept nogil:
 
 
 cdef inline double log1p_rest(const real *dtype, double rest) noexcept nogil:
-    """``log(S) = log1p(S')`` of a row's S' (fx_rest): relatively accurate when one class dominates."""
+    """``log(S) = log1p(S')`` of a row's S' (fx_rest): relatively accurate when one class dominates.
+
+    float32: from S' >= 1/2, ``logf(1 + S')`` is as accurate and cheaper than ``log1pf``.
+    """
     if real is float:
-        return log1pf(<float>rest)
+        return logf(<float>(1.0 + rest)) if rest >= 0.5 else log1pf(<float>rest)
     else:
         return log1p(rest)
 

@@ -308,13 +308,6 @@ static inline FX_ATTR double FX(fx_rest)(double below, Py_ssize_t ties, REAL shi
     return below + (double)(ties - 1);
 }
 
-#if FX_INTRINSICS && !FX_IS_DOUBLE
-static inline FX_ATTR Py_ssize_t FX(fx_hsum_epi32)(__m256i v) {
-    int32_t lanes[8];
-    _mm256_storeu_si256((__m256i *)lanes, v);
-    return (Py_ssize_t)lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
-}
-#endif
 
 /* Rows of at most FX_SHORT elements. A loop per element, or an `omp simd`
  * reduction (which spills its lanes to the stack, a store-forwarding stall
@@ -375,20 +368,21 @@ static inline FX_ATTR double FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize
     if (out != NULL) _mm256_maskstore_ps(out, low_mask, e);
     __m256 q = _mm256_cmp_ps(low, shift, _CMP_EQ_OQ);
     __m256 s = _mm256_andnot_ps(q, e);
-    __m256i count = _mm256_castps_si256(q);
+    /* The maxima, one bit each: a movemask and a bit count, not a pass through memory. */
+    unsigned ties = (unsigned)_mm256_movemask_ps(q);
     if (n > 8) {
         e = FX(fx_vexp)(_mm256_sub_ps(high, shift));
         if (out != NULL) _mm256_maskstore_ps(out + 8, high_mask, e);
         q = _mm256_cmp_ps(high, shift, _CMP_EQ_OQ);
         s = _mm256_add_ps(s, _mm256_andnot_ps(q, e));
-        count = _mm256_add_epi32(count, _mm256_castps_si256(q));
+        ties |= (unsigned)_mm256_movemask_ps(q) << 8;
     }
     s = _mm256_add_ps(s, _mm256_permute2f128_ps(s, s, 1));
     s = _mm256_add_ps(s, _mm256_permute_ps(s, 0x4e));
     s = _mm256_add_ps(s, _mm256_permute_ps(s, 0xb1));
     *shift_out = best;
-    /* count holds -1 per lane equal to the max: the ties beyond the first add 1 each. */
-    return FX(fx_rest)(_mm256_cvtss_f32(s), -FX(fx_hsum_epi32)(count), best);
+    /* Ties are rare: count bits only when more than one is set. */
+    return FX(fx_rest)(_mm256_cvtss_f32(s), (ties & (ties - 1)) ? __builtin_popcount(ties) : ties != 0, best);
 }
 #endif
 #else
