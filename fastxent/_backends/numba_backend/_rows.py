@@ -57,27 +57,29 @@ def cap_slope(value, cap):  # type: ignore[no-untyped-def]
 @njit(fastmath=FAST, cache=True, inline="always")
 def _sumexp(chunk, shift):  # type: ignore[no-untyped-def]
     """``(sum of exp(x - shift) over x != shift, count of x == shift)``: the maxima stay out of the sum."""
+    # Both sums in the chunk's float type (ties: exact below 2**24, a chunk is 2048): a second,
+    # integer accumulator kept LLVM from vectorising the loop (8192x1000 loss 15.5 -> 6.9 GB/s).
     total = typed(chunk, 0.0)
-    ties = 0
+    ties = typed(chunk, 0.0)
     for i in range(chunk.size):
         e = fast_exp(chunk[i] - shift)
         tie = chunk[i] == shift
         total += typed(chunk, 0.0) if tie else e
-        ties += 1 if tie else 0
-    return total, ties
+        ties += typed(chunk, 1.0) if tie else typed(chunk, 0.0)
+    return total, int(ties)
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
 def _sumexp_capped(chunk, shift, cap):  # type: ignore[no-untyped-def]
     total = typed(chunk, 0.0)
-    ties = 0
+    ties = typed(chunk, 0.0)
     for i in range(chunk.size):
         z = capped(chunk[i], cap)
         e = fast_exp(z - shift)
         tie = z == shift
         total += typed(chunk, 0.0) if tie else e
-        ties += 1 if tie else 0
-    return total, ties
+        ties += typed(chunk, 1.0) if tie else typed(chunk, 0.0)
+    return total, int(ties)
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
@@ -155,13 +157,15 @@ def row_store_exp(row, out, scratch):  # type: ignore[no-untyped-def]
             chunk = copy
         stored = out[start : start + CHUNK]
         partial = typed(row, 0.0)
+        chunk_ties = typed(row, 0.0)
         for i in range(chunk.size):
             e = fast_exp(chunk[i] - shift)
             tie = chunk[i] == shift
             stored[i] = e
             partial += typed(row, 0.0) if tie else e
-            ties += 1 if tie else 0
+            chunk_ties += typed(row, 1.0) if tie else typed(row, 0.0)
         below += partial
+        ties += int(chunk_ties)
     return shift, _rest(below, ties, shift)
 
 
