@@ -53,10 +53,10 @@ from ._validate import float_input, index_target, integer
 from ._xent import (
     DEFAULT_IGNORE_INDEX,
     Reduction,
-    _check_ignore_index,
-    _check_options,
-    _params,
+    check_ignore_index,
+    check_options,
     index_summary,
+    loss_params,
 )
 
 __all__ = ["linear_chunk_rows", "linear_cross_entropy", "linear_cross_entropy_and_grad"]
@@ -227,8 +227,8 @@ def prepare(
         _same_dtype(bias_array, hidden_array.dtype, "bias")
         bias_array = np.ascontiguousarray(bias_array, dtype=compute)
     reduction = check_reduction(reduction)
-    ignore = _check_ignore_index(ignore_index)
-    eps, z, cap = _check_options(label_smoothing, z_loss, softcap)
+    ignore = check_ignore_index(ignore_index)
+    eps, z, cap = check_options(label_smoothing, z_loss, softcap)
     weights = None
     if class_weight is not None:
         weights = float_input(class_weight, "class_weight").array
@@ -268,7 +268,7 @@ def prepare(
         bias=bias_array,
         target=indices,
         class_weight=weights,
-        params=_params(ignore, eps, cap),
+        params=loss_params(ignore, eps, cap),
         reduction=reduction,
         z_loss=z,
         compute=compute,
@@ -763,7 +763,7 @@ def linear_cross_entropy_and_grad(
         grad_scale, z_coef = gradient_scale(call.reduction, upstream, call.divisor, call.valid_rows, call.z_loss)
     params = call.params
     if z_coef:
-        params = _params(params.ignore_index, params.label_smoothing, params.softcap, z_coef)
+        params = loss_params(params.ignore_index, params.label_smoothing, params.softcap, z_coef)
     n_rows, n_hidden = call.hidden.shape
     n_classes = call.weight.shape[0]
     dtype = call.result_dtype

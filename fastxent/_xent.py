@@ -55,7 +55,7 @@ def _option(value: object, name: str) -> float:
     return value if type(value) is float else real_number(value, name)  # type: ignore[return-value]
 
 
-def _check_options(label_smoothing: object, z_loss: object, softcap: object) -> tuple[float, float, float]:
+def check_options(label_smoothing: object, z_loss: object, softcap: object) -> tuple[float, float, float]:
     if softcap is None and type(label_smoothing) is float and type(z_loss) is float:
         if label_smoothing == 0.0 and z_loss == 0.0:
             return 0.0, 0.0, 0.0
@@ -73,7 +73,7 @@ def _check_options(label_smoothing: object, z_loss: object, softcap: object) -> 
     return eps, z, cap
 
 
-def _check_ignore_index(ignore_index: object) -> int:
+def check_ignore_index(ignore_index: object) -> int:
     ignore = ignore_index if type(ignore_index) is int else integer(ignore_index, "ignore_index")
     if not -(2**63) <= ignore < 2**63:  # type: ignore[operator]
         raise ValueError(f"ignore_index must fit in a 64-bit integer (targets are int64); got {ignore}")
@@ -89,7 +89,7 @@ def _check_weight(weight: npt.ArrayLike | None, n_classes: int, dtype: np.dtype)
     return np.ascontiguousarray(checked, dtype=dtype)
 
 
-def _params(ignore: int, eps: float, cap: float, z_coef: float = 0.0) -> LossParams:
+def loss_params(ignore: int, eps: float, cap: float, z_coef: float = 0.0) -> LossParams:
     if ignore == DEFAULT_IGNORE_INDEX and not eps and not cap and not z_coef:
         return DEFAULT_PARAMS
     return LossParams(ignore_index=ignore, label_smoothing=eps, softcap=cap, z_coef=z_coef)
@@ -140,8 +140,8 @@ def prepare(
         b, n_classes, k = split_shape(shape, 0 if ndim == 1 else 1)
     index_shape = shape[:1] + shape[2:] if ndim > 1 else ()
     reduction = check_reduction(reduction)
-    ignore = _check_ignore_index(ignore_index)
-    eps, z, cap = _check_options(label_smoothing, z_loss, softcap)
+    ignore = check_ignore_index(ignore_index)
+    eps, z, cap = check_options(label_smoothing, z_loss, softcap)
     weights = _check_weight(weight, n_classes, compute)
     if array.flags.c_contiguous and array.dtype is compute:
         logits = array.reshape(b, n_classes, k)
@@ -160,7 +160,7 @@ def prepare(
         indices = index_target(target_array, "target").reshape(b, k)
         valid, divisor = index_summary(backend, indices, weights, n_classes, ignore, "target", index_shape)
         return _new_call((
-            array, logits, indices, False, weights, _params(ignore, eps, cap), index_shape, reduction, z,
+            array, logits, indices, False, weights, loss_params(ignore, eps, cap), index_shape, reduction, z,
             result_dtype, divisor, valid, backend,
         ))  # fmt: skip
     if kind == "b":
@@ -186,7 +186,7 @@ def prepare(
     probabilities = canonical(target_input.array, compute, (b, n_classes, k))
     rows = float(b * k)
     return _new_call((
-        array, logits, probabilities, True, weights, _params(ignore, eps, cap), index_shape, reduction, z,
+        array, logits, probabilities, True, weights, loss_params(ignore, eps, cap), index_shape, reduction, z,
         result_dtype, rows, rows, backend,
     ))  # fmt: skip
 
@@ -408,7 +408,7 @@ def cross_entropy_and_grad(
     grad_rows, destination, direct = _gradient_target(call, input, grad_out, bool(inplace))
     params = call.params
     if z_coef:
-        params = _params(params.ignore_index, params.label_smoothing, params.softcap, z_coef)
+        params = loss_params(params.ignore_index, params.label_smoothing, params.softcap, z_coef)
     loss, lse, totals = run_kernel(call, params, grad_rows, grad_scale)
     grad = grad_rows.reshape(call.array.shape)
     if destination is not None:
