@@ -106,7 +106,10 @@ class TestThreads:
         assert f"FASTXENT_NUM_THREADS must be an integer >= 1; got {bad!r}" in result.stderr.replace('"', "'")
 
     # Both compiled backends run serially below 2**15 (Numba) and 2**13 (Cython) elements: these shapes are above both.
-    @pytest.mark.parametrize("shape", [(4096, 100), (4, 21, 64, 64)], ids=["2d", "class-axis-1"])
+    # Short rows go lanes across rows in blocks of 8 (Cython): 4099 rows split unevenly between threads.
+    @pytest.mark.parametrize(
+        "shape", [(4096, 100), (4, 21, 64, 64), (4099, 10), (4097, 20)], ids=["2d", "class-axis-1", "short", "short-20"]
+    )
     def test_results_do_not_depend_on_thread_count(self, backend, shape, monkeypatch):
         rng = np.random.default_rng(0)
         logits = rng.standard_normal(shape, dtype=np.float32)

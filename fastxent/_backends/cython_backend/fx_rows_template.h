@@ -314,8 +314,9 @@ static inline FX_ATTR double FX(fx_rest)(double below, Py_ssize_t ties, REAL shi
  * per pass), costs more than a short row's arithmetic. With AVX2 the row is
  * loaded masked into a fixed number of vectors padded with -inf: the max,
  * the exps and the sum are a few vector instructions each, with butterfly
- * reductions in a fixed order. Without AVX2, plain loops. Returns S, writes
- * M and, unless out is NULL, exp(x - M). */
+ * reductions in a fixed order. Without AVX2, plain loops. Returns S' (see
+ * fx_rest; from S >= 2 as S - 1, as fx_shift_sum), writes M and, unless out
+ * is NULL, exp(x - M). */
 #if FX_INTRINSICS
 #if FX_IS_DOUBLE
 static inline FX_ATTR double FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
@@ -334,20 +335,25 @@ static inline FX_ATTR double FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize
     best = best == -INFINITY ? (REAL)0 : best;
     const __m256d shift = _mm256_set1_pd(best);
     __m256d s = _mm256_setzero_pd();
-    __m256i count = _mm256_setzero_si256();
     for (int j = 0; j < 4; j++) {
         e[j] = FX(fx_vexp)(_mm256_sub_pd(v[j], shift));
         if (out != NULL) _mm256_maskstore_pd(out + 4 * j, mask[j], e[j]);
+        s = _mm256_add_pd(s, e[j]);
+    }
+    *shift_out = best;
+    double total = FX(fx_hsum)(s);
+    if (total >= 2.0) return total - 1.0;
+    /* The maximum dominates (or the row is not finite): sum all but the maxima, and count them. */
+    s = _mm256_setzero_pd();
+    __m256i count = _mm256_setzero_si256();
+    for (int j = 0; j < 4; j++) {
         __m256d q = _mm256_cmp_pd(v[j], shift, _CMP_EQ_OQ);
         s = _mm256_add_pd(s, _mm256_andnot_pd(q, e[j]));
         count = _mm256_add_epi64(count, _mm256_castpd_si256(q));
     }
-    s = _mm256_add_pd(s, _mm256_permute2f128_pd(s, s, 1));
-    s = _mm256_add_pd(s, _mm256_permute_pd(s, 5));
-    *shift_out = best;
     int64_t lanes[4];
     _mm256_storeu_si256((__m256i *)lanes, count);
-    return FX(fx_rest)(_mm256_cvtsd_f64(s), -(lanes[0] + lanes[1] + lanes[2] + lanes[3]), best);
+    return FX(fx_rest)(FX(fx_hsum)(s), -(lanes[0] + lanes[1] + lanes[2] + lanes[3]), best);
 }
 #else
 static inline FX_ATTR double FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
@@ -364,25 +370,22 @@ static inline FX_ATTR double FX(fx_short_row)(const REAL *x, REAL *out, Py_ssize
     REAL best = _mm256_cvtss_f32(m);
     best = best == -INFINITY ? (REAL)0 : best;
     const __m256 shift = _mm256_set1_ps(best);
-    __m256 e = FX(fx_vexp)(_mm256_sub_ps(low, shift));
-    if (out != NULL) _mm256_maskstore_ps(out, low_mask, e);
-    __m256 q = _mm256_cmp_ps(low, shift, _CMP_EQ_OQ);
-    __m256 s = _mm256_andnot_ps(q, e);
-    /* The maxima, one bit each: a movemask and a bit count, not a pass through memory. */
-    unsigned ties = (unsigned)_mm256_movemask_ps(q);
+    __m256 e_low = FX(fx_vexp)(_mm256_sub_ps(low, shift));
+    __m256 e_high = _mm256_setzero_ps();
+    if (out != NULL) _mm256_maskstore_ps(out, low_mask, e_low);
     if (n > 8) {
-        e = FX(fx_vexp)(_mm256_sub_ps(high, shift));
-        if (out != NULL) _mm256_maskstore_ps(out + 8, high_mask, e);
-        q = _mm256_cmp_ps(high, shift, _CMP_EQ_OQ);
-        s = _mm256_add_ps(s, _mm256_andnot_ps(q, e));
-        ties |= (unsigned)_mm256_movemask_ps(q) << 8;
+        e_high = FX(fx_vexp)(_mm256_sub_ps(high, shift));
+        if (out != NULL) _mm256_maskstore_ps(out + 8, high_mask, e_high);
     }
-    s = _mm256_add_ps(s, _mm256_permute2f128_ps(s, s, 1));
-    s = _mm256_add_ps(s, _mm256_permute_ps(s, 0x4e));
-    s = _mm256_add_ps(s, _mm256_permute_ps(s, 0xb1));
     *shift_out = best;
-    /* Ties are rare: count bits only when more than one is set. */
-    return FX(fx_rest)(_mm256_cvtss_f32(s), (ties & (ties - 1)) ? __builtin_popcount(ties) : ties != 0, best);
+    float total = FX(fx_hsum)(_mm256_add_ps(e_low, e_high));
+    if (total >= 2.0f) return (double)total - 1.0;
+    /* The maximum dominates (or the row is not finite): sum all but the
+     * maxima, one bit each in a movemask (counted only when two or more). */
+    __m256 q_low = _mm256_cmp_ps(low, shift, _CMP_EQ_OQ), q_high = _mm256_cmp_ps(high, shift, _CMP_EQ_OQ);
+    __m256 s = _mm256_add_ps(_mm256_andnot_ps(q_low, e_low), _mm256_andnot_ps(q_high, e_high));
+    unsigned ties = (unsigned)_mm256_movemask_ps(q_low) | ((unsigned)_mm256_movemask_ps(q_high) << 8);
+    return FX(fx_rest)(FX(fx_hsum)(s), (ties & (ties - 1)) ? __builtin_popcount(ties) : ties != 0, best);
 }
 #endif
 #else
@@ -409,15 +412,32 @@ static inline FX_ATTR double FX(fx_rest_of)(double others, Py_ssize_t first, REA
     return first < 0 ? others - 1.0 : others;
 }
 
-/* Online normaliser over L1-sized chunks: returns S' (see fx_rest), writes M
- * (0 for an all -inf row). Chunks are summed in REAL (vectorised), chunk sums
- * in double: a float running total over 2**19 chunks drifts by ~1e-3. Only
- * the chunk that holds the first maximum pays for finding it. */
-static FX_ATTR double FX(fx_shift_sum)(const REAL *x, Py_ssize_t n, REAL *shift_out) {
+/* S' of a row whose exps e[0:n] are known and whose S came out below 2: the
+ * sum of every exp but the ones equal to 1 (the maxima: two of them would
+ * have made S >= 2, so this is the first maximum), plus one for each further
+ * tie. All -inf: S' = -1; a NaN or +inf row: NaN (from e). */
+static FX_ATTR double FX(fx_rest_from_exps)(const REAL *e, Py_ssize_t n) {
+    double others = 0;
+    Py_ssize_t ones = 0;
+    for (Py_ssize_t start = 0; start < n; start += FX_CHUNK) {
+        Py_ssize_t stop = n - start < FX_CHUNK ? n : start + FX_CHUNK;
+        REAL part = 0;
+#pragma omp simd reduction(+ : part, ones)
+        for (Py_ssize_t i = start; i < stop; i++) {
+            part += e[i] == (REAL)1 ? (REAL)0 : e[i];
+            ones += e[i] == (REAL)1;
+        }
+        others += part;
+    }
+    return others + (double)(ones - 1);
+}
+
+/* The exact S' of a row: one pass that leaves out the first maximum, found
+ * (by a scan that stops at it) in each chunk that raises the running max. */
+static FX_ATTR double FX(fx_shift_sum_exact)(const REAL *x, Py_ssize_t n) {
     REAL best = -INFINITY;
     double others = 0; /* sum over every element seen but the first maximum */
     Py_ssize_t first = -1;
-    if (n <= FX_SHORT) return FX(fx_short_row)(x, NULL, n, shift_out);
     for (Py_ssize_t start = 0; start < n; start += FX_CHUNK) {
         Py_ssize_t len = n - start < FX_CHUNK ? n - start : FX_CHUNK, skip = -1;
         REAL chunk_max = FX(fx_max)(x + start, len);
@@ -432,23 +452,45 @@ static FX_ATTR double FX(fx_shift_sum)(const REAL *x, Py_ssize_t n, REAL *shift_
         }
         others += FX(fx_sumexp_store)(x + start, NULL, len, best == -INFINITY ? (REAL)0 : best, skip);
     }
-    *shift_out = best == -INFINITY ? (REAL)0 : best;
     return FX(fx_rest_of)(others, first, best);
 }
 
-/* out = exp(x - M) (out may be x); returns S' (chunk sums added in double), writes M. */
+/* Online normaliser over L1-sized chunks: returns S' (see fx_rest), writes M
+ * (0 for an all -inf row). Chunks are summed in REAL (vectorised), chunk sums
+ * in double: a float running total over 2**19 chunks drifts by ~1e-3.
+ * S is summed with the maximum's exp (1) in it; from S >= 2, S' = S - 1 is
+ * relatively accurate (within 2 ulps of S), so only a row whose maximum
+ * dominates (S < 2, or a non-finite row) pays for the exact second pass. */
+static FX_ATTR double FX(fx_shift_sum)(const REAL *x, Py_ssize_t n, REAL *shift_out) {
+    REAL best = -INFINITY;
+    double total = 0;
+    if (n <= FX_SHORT) return FX(fx_short_row)(x, NULL, n, shift_out);
+    for (Py_ssize_t start = 0; start < n; start += FX_CHUNK) {
+        Py_ssize_t len = n - start < FX_CHUNK ? n - start : FX_CHUNK;
+        REAL chunk_max = FX(fx_max)(x + start, len);
+        if (chunk_max > best) {
+            total *= FX(fx_exp)(best - chunk_max);
+            best = chunk_max;
+        }
+        total += FX(fx_sumexp_store)(x + start, NULL, len, best == -INFINITY ? (REAL)0 : best, -1);
+    }
+    *shift_out = best == -INFINITY ? (REAL)0 : best;
+    return total >= 2.0 ? total - 1.0 : FX(fx_shift_sum_exact)(x, n);
+}
+
+/* out = exp(x - M) (out may be x); returns S' (chunk sums added in double),
+ * writes M. As fx_shift_sum, S' = S - 1 from S >= 2, else from the exps. */
 static FX_ATTR double FX(fx_store_exp)(const REAL *x, REAL *out, Py_ssize_t n, REAL *shift_out) {
     if (n <= FX_SHORT) return FX(fx_short_row)(x, out, n, shift_out);
     REAL best = FX(fx_max)(x, n);
-    Py_ssize_t first = best == -INFINITY ? -1 : FX(fx_find)(x, n, best);
-    REAL shift = first < 0 ? (REAL)0 : best;
-    double others = 0;
+    REAL shift = best == -INFINITY ? (REAL)0 : best;
+    double total = 0;
     for (Py_ssize_t start = 0; start < n; start += FX_CHUNK) {
         Py_ssize_t len = n - start < FX_CHUNK ? n - start : FX_CHUNK;
-        others += FX(fx_sumexp_store)(x + start, out + start, len, shift, first - start);
+        total += FX(fx_sumexp_store)(x + start, out + start, len, shift, -1);
     }
     *shift_out = shift;
-    return FX(fx_rest_of)(others, first, best);
+    return total >= 2.0 ? total - 1.0 : FX(fx_rest_from_exps)(out, n);
 }
 
 /* S' (see fx_rest) and M of `rows` consecutive rows of n elements, and their
@@ -485,11 +527,13 @@ static FX_ATTR void FX(fx_shifted)(const REAL *x, REAL *out, Py_ssize_t n, REAL 
 }
 
 /* Tile of w <= FX_TILE_MAX positions: x points at x[b, 0, k0], classes `stride` apart.
- * Writes M (0 for all -inf) and S per position; S sums blocks of FX_CLASS_BLOCK
- * classes in REAL (vectorised) and adds the blocks in double. */
+ * Writes M (0 for all -inf) and S' (see fx_rest) per position into `rest`. S
+ * sums blocks of FX_CLASS_BLOCK classes in REAL (vectorised) and adds the
+ * blocks in double. */
 static FX_ATTR void FX(fx_tile_stats)(const REAL *x, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w,
-                                      REAL *shift, double *total) {
-    REAL partial[FX_TILE_MAX];
+                                      REAL *shift, double *rest) {
+    REAL partial[FX_TILE_MAX], tied[FX_TILE_MAX];
+    double ties[FX_TILE_MAX];
     for (Py_ssize_t k = 0; k < w; k++) shift[k] = -INFINITY;
     for (Py_ssize_t c = 0; c < n_classes; c++) {
         const REAL *column = x + c * stride;
@@ -498,18 +542,34 @@ static FX_ATTR void FX(fx_tile_stats)(const REAL *x, Py_ssize_t n_classes, Py_ss
     }
     for (Py_ssize_t k = 0; k < w; k++) {
         shift[k] = shift[k] == -INFINITY ? (REAL)0 : shift[k];
-        total[k] = 0;
+        rest[k] = 0;
+        ties[k] = 0;
     }
+    /* The maxima stay out of the sum and are counted: a second pass for the
+     * positions whose maximum dominates would cost a tile (of one image, say)
+     * with any such position twice. */
     for (Py_ssize_t c0 = 0; c0 < n_classes; c0 += FX_CLASS_BLOCK) {
         Py_ssize_t c1 = c0 + FX_CLASS_BLOCK < n_classes ? c0 + FX_CLASS_BLOCK : n_classes;
-        for (Py_ssize_t k = 0; k < w; k++) partial[k] = 0;
+        for (Py_ssize_t k = 0; k < w; k++) {
+            partial[k] = 0;
+            tied[k] = 0;
+        }
         for (Py_ssize_t c = c0; c < c1; c++) {
             const REAL *column = x + c * stride;
 #pragma omp simd
-            for (Py_ssize_t k = 0; k < w; k++) partial[k] += FX(fx_exp)(column[k] - shift[k]);
+            for (Py_ssize_t k = 0; k < w; k++) {
+                REAL e = FX(fx_exp)(column[k] - shift[k]);
+                int top = column[k] == shift[k];
+                partial[k] += top ? (REAL)0 : e;
+                tied[k] += top ? (REAL)1 : (REAL)0;
+            }
         }
-        for (Py_ssize_t k = 0; k < w; k++) total[k] += partial[k];
+        for (Py_ssize_t k = 0; k < w; k++) {
+            rest[k] += partial[k];
+            ties[k] += tied[k];
+        }
     }
+    for (Py_ssize_t k = 0; k < w; k++) rest[k] = shift[k] == (REAL)INFINITY ? NAN : rest[k] + (ties[k] - 1.0);
 }
 
 /* out[c, k] = scale[k] * exp(x[c, k] - M[k]) - smooth[k] * weight[c] (out may be x). */
@@ -523,6 +583,8 @@ static FX_ATTR void FX(fx_tile_scale)(const REAL *x, REAL *out, Py_ssize_t n_cla
         for (Py_ssize_t k = 0; k < w; k++) target[k] = FX(fx_exp)(column[k] - shift[k]) * scale[k] - smooth[k] * w_c;
     }
 }
+
+#include "fx_lanes_template.h"
 
 #undef FX
 #undef FX_NAME3

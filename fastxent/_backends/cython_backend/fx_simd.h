@@ -18,6 +18,8 @@
 #define FX_CHUNK 2048
 /* Rows this short skip the `omp simd` reductions (see fx_short_row). */
 #define FX_SHORT 16
+/* Rows of up to this many classes go lanes across rows (fx_lanes_template.h). */
+#define FX_LANE_CLASSES 32
 /* Tiles hold at most this many positions (the Cython side's tile_width caps them). */
 #define FX_TILE_MAX 1024
 /* Classes summed in the logits' precision before adding into a double total. */
@@ -60,6 +62,9 @@
         void (*tile_scale)(const REAL *, REAL *, Py_ssize_t, Py_ssize_t, Py_ssize_t, const REAL *,       \
                            const REAL *, const REAL *, const REAL *);                                    \
         void (*rows_sums)(const REAL *, REAL *, Py_ssize_t, Py_ssize_t, REAL *, double *);               \
+        void (*rows_stats)(const REAL *, Py_ssize_t, Py_ssize_t, REAL *, double *, REAL *);              \
+        void (*rows_scale)(const REAL *, REAL *, Py_ssize_t, Py_ssize_t, const REAL *, const REAL *);    \
+        void (*log1p_rests)(const double *, REAL *, Py_ssize_t);                                         \
     } fx_table_##SUF;
 
 FX_TABLE(float, f32)
@@ -68,7 +73,8 @@ FX_TABLE(double, f64)
 #define FX_FILL(SUF, ISA)                                                                                \
     {fx_shift_sum_##SUF##_##ISA, fx_store_exp_##SUF##_##ISA, fx_scale_##SUF##_##ISA,                    \
      fx_shifted_##SUF##_##ISA, fx_tile_stats_##SUF##_##ISA, fx_tile_scale_##SUF##_##ISA,                 \
-     fx_rows_sums_##SUF##_##ISA}
+     fx_rows_sums_##SUF##_##ISA, fx_rows_stats_##SUF##_##ISA, fx_rows_scale_##SUF##_##ISA, \
+     fx_log1p_rests_##SUF##_##ISA}
 
 static fx_table_f32 fx_f32 = FX_FILL(f32, generic);
 static fx_table_f64 fx_f64 = FX_FILL(f64, generic);

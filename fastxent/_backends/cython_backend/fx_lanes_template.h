@@ -1,0 +1,271 @@
+/* Short rows with lanes across rows: included by fx_rows_template.h, which
+ * defines REAL, FX(), FX_INTRINSICS, FX_LANES, FX_V and the vector macros.
+ *
+ * A row of a few classes fills a fraction of one vector, and its max, sum
+ * and log are horizontal reductions plus a scalar log call: most of the
+ * row's time. Here each lane holds one row: FX_LANES rows are gathered class
+ * by class, so the max, the exps, the sum, S' and log1p(S') are plain
+ * vertical operations, FX_LANES rows at once. The gradient pass runs over
+ * the same rows in their own (row-major) layout, full vectors, each lane
+ * given its row's shift and scale by a permute.
+ */
+
+#if FX_INTRINSICS
+#if FX_IS_DOUBLE
+#define FX_GATHER(base, index) _mm256_i32gather_pd(base, index, 8)
+#define FX_INDEX __m128i
+#define FX_LANE_INDEX(n) _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32((int)(n)))
+#define FX_CMP _mm256_cmp_pd
+#define FX_BLEND _mm256_blendv_pd
+#define FX_AND _mm256_and_pd
+#define FX_ANDNOT2 _mm256_andnot_pd
+#define FX_MOVEMASK2 _mm256_movemask_pd
+#define FX_ALL_LANES 0xf
+#else
+#define FX_GATHER(base, index) _mm256_i32gather_ps(base, index, 4)
+#define FX_INDEX __m256i
+#define FX_LANE_INDEX(n) _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)(n)))
+#define FX_CMP _mm256_cmp_ps
+#define FX_BLEND _mm256_blendv_ps
+#define FX_AND _mm256_and_ps
+#define FX_ANDNOT2 _mm256_andnot_ps
+#define FX_MOVEMASK2 _mm256_movemask_ps
+#define FX_ALL_LANES 0xff
+#endif
+
+/* log1p(s) for s >= -1 (S' of a row), lane-wise: log(u) of u = 1 + s from
+ * the exponent and a polynomial in the mantissa m - 1, m in [sqrt(1/2),
+ * sqrt(2)) (Cephes' logf and log), plus (s - (u - 1)) / u, the rounding of
+ * 1 + s, so a tiny s keeps its relative accuracy. u = 0 gives -inf, a NaN
+ * stays NaN. Accuracy: tests/test_numerics.py (TestVectorLog1p). */
+#if FX_IS_DOUBLE
+static inline FX_ATTR __m256d FX(fx_vlog1p)(__m256d s) {
+    const __m256d one = _mm256_set1_pd(1.0);
+    __m256d u = _mm256_add_pd(one, s);
+    __m256i bits = _mm256_castpd_si256(u);
+    /* The biased exponent as a double: its integer in the low mantissa bits of 2**52, minus 2**52. */
+    __m256d e = _mm256_sub_pd(
+        _mm256_castsi256_pd(_mm256_or_si256(_mm256_srli_epi64(bits, 52), _mm256_set1_epi64x(0x4330000000000000LL))),
+        _mm256_set1_pd(4503599627370496.0 + 1023.0));
+    __m256d m = _mm256_castsi256_pd(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi64x(0x000fffffffffffffLL)),
+                                                    _mm256_set1_epi64x(0x3ff0000000000000LL)));
+    __m256d big = _mm256_cmp_pd(m, _mm256_set1_pd(1.4142135623730951), _CMP_GT_OQ);
+    m = _mm256_blendv_pd(m, _mm256_mul_pd(m, _mm256_set1_pd(0.5)), big);
+    e = _mm256_add_pd(e, _mm256_and_pd(big, one));
+    __m256d x = _mm256_sub_pd(m, one), z = _mm256_mul_pd(x, x);
+    __m256d p = _mm256_set1_pd(1.01875663804580931796e-4);
+    p = _mm256_fmadd_pd(p, x, _mm256_set1_pd(4.97494994976747001425e-1));
+    p = _mm256_fmadd_pd(p, x, _mm256_set1_pd(4.70579119878881725854e0));
+    p = _mm256_fmadd_pd(p, x, _mm256_set1_pd(1.44989225341610930846e1));
+    p = _mm256_fmadd_pd(p, x, _mm256_set1_pd(1.79368678507819816313e1));
+    p = _mm256_fmadd_pd(p, x, _mm256_set1_pd(7.70838733755885391666e0));
+    __m256d q = _mm256_add_pd(x, _mm256_set1_pd(1.12873587189167450590e1));
+    q = _mm256_fmadd_pd(q, x, _mm256_set1_pd(4.52279145837532221105e1));
+    q = _mm256_fmadd_pd(q, x, _mm256_set1_pd(8.29875266912776603211e1));
+    q = _mm256_fmadd_pd(q, x, _mm256_set1_pd(7.11544750618563894466e1));
+    q = _mm256_fmadd_pd(q, x, _mm256_set1_pd(2.31251620126765340583e1));
+    __m256d y = _mm256_mul_pd(x, _mm256_div_pd(_mm256_mul_pd(z, p), q));
+    y = _mm256_fmadd_pd(e, _mm256_set1_pd(-2.121944400546905827679e-4), y);
+    y = _mm256_fnmadd_pd(_mm256_set1_pd(0.5), z, y);
+    __m256d r = _mm256_fmadd_pd(e, _mm256_set1_pd(0.693359375), _mm256_add_pd(x, y));
+    r = _mm256_add_pd(r, _mm256_div_pd(_mm256_sub_pd(s, _mm256_sub_pd(u, one)), u));
+    r = _mm256_blendv_pd(r, _mm256_set1_pd(-INFINITY), _mm256_cmp_pd(u, _mm256_setzero_pd(), _CMP_EQ_OQ));
+    return _mm256_blendv_pd(r, s, _mm256_cmp_pd(s, s, _CMP_UNORD_Q));
+}
+#else
+static inline FX_ATTR __m256 FX(fx_vlog1p)(__m256 s) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    __m256 u = _mm256_add_ps(one, s);
+    __m256i bits = _mm256_castps_si256(u);
+    __m256i exponent = _mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127));
+    __m256 m = _mm256_castsi256_ps(
+        _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x3f800000)));
+    __m256 big = _mm256_cmp_ps(m, _mm256_set1_ps(1.41421356f), _CMP_GT_OQ);
+    m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), big);
+    __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(exponent, _mm256_castps_si256(big)));
+    __m256 x = _mm256_sub_ps(m, one), z = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_set1_ps(7.0376836292e-2f);
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(-1.1514610310e-1f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.1676998740e-1f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(-1.2420140846e-1f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.4249322787e-1f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(-1.6668057665e-1f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(2.0000714765e-1f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(-2.4999993993e-1f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(3.3333331174e-1f));
+    __m256 y = _mm256_mul_ps(_mm256_mul_ps(p, x), z);
+    y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
+    y = _mm256_fnmadd_ps(_mm256_set1_ps(0.5f), z, y);
+    __m256 r = _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(x, y));
+    r = _mm256_add_ps(r, _mm256_div_ps(_mm256_sub_ps(s, _mm256_sub_ps(u, one)), u));
+    r = _mm256_blendv_ps(r, _mm256_set1_ps(-INFINITY), _mm256_cmp_ps(u, _mm256_setzero_ps(), _CMP_EQ_OQ));
+    return _mm256_blendv_ps(r, s, _mm256_cmp_ps(s, s, _CMP_UNORD_Q));
+}
+#endif
+
+/* M, S' (see fx_rest) and log1p(S') of FX_LANES rows of n <= FX_LANE_CLASSES
+ * classes at x (row-major), one row per lane. As fx_shift_sum: S' = S - 1
+ * from S >= 2; lanes below 2 (or not finite) get the sum over all but the
+ * maxima plus the ties beyond the first, and a +inf maximum NaN. */
+static inline FX_ATTR void FX(fx_lanes_stats)(const REAL *x, Py_ssize_t n, REAL *shift, double *rest, REAL *logs) {
+    FX_V column[FX_LANE_CLASSES];
+    const FX_INDEX index = FX_LANE_INDEX(n);
+    const FX_V zero = FX_SET1(0), minus_inf = FX_SET1(-INFINITY);
+    FX_V m = minus_inf;
+    for (Py_ssize_t c = 0; c < n; c++) {
+        column[c] = FX_GATHER(x + c, index);
+        m = FX_MAX(m, column[c]);
+    }
+    m = FX_BLEND(m, zero, FX_CMP(m, minus_inf, _CMP_EQ_OQ));
+    /* Four sums: shorter dependency chains, and rounding closer to a pairwise sum's. */
+    FX_V part[4] = {zero, zero, zero, zero};
+    Py_ssize_t c = 0;
+    for (; c < n; c++) part[c % 4] = FX_ADD(part[c % 4], FX(fx_vexp)(FX_SUB(column[c], m)));
+    FX_V total = FX_ADD(FX_ADD(part[0], part[1]), FX_ADD(part[2], part[3]));
+    FX_V whole = FX_CMP(total, FX_SET1(2), _CMP_GE_OQ);
+    FX_V r = FX_SUB(total, FX_SET1(1));
+    if (FX_MOVEMASK2(whole) != FX_ALL_LANES) {
+        /* The maximum dominates in some lane (or a lane is not finite). */
+        FX_V below = zero, ties = zero;
+        for (c = 0; c < n; c++) {
+            FX_V q = FX_CMP(column[c], m, _CMP_EQ_OQ);
+            below = FX_ADD(below, FX_ANDNOT2(q, FX(fx_vexp)(FX_SUB(column[c], m))));
+            ties = FX_ADD(ties, FX_AND(q, FX_SET1(1)));
+        }
+        FX_V exact = FX_ADD(below, FX_SUB(ties, FX_SET1(1)));
+        exact = FX_BLEND(exact, FX_SET1(NAN), FX_CMP(m, FX_SET1(INFINITY), _CMP_EQ_OQ));
+        r = FX_BLEND(exact, r, whole);
+    }
+    FX_STORE(shift, m);
+    FX_STORE(logs, FX(fx_vlog1p)(r));
+#if FX_IS_DOUBLE
+    _mm256_storeu_pd(rest, r);
+#else
+    _mm256_storeu_pd(rest, _mm256_cvtps_pd(_mm256_castps256_ps128(r)));
+    _mm256_storeu_pd(rest + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(r, 1)));
+#endif
+}
+
+/* out[r, :] = exp(x[r, :] - shift[r]) * scale[r] over FX_LANES rows of n
+ * classes: n full vectors in the rows' own layout, lane l of vector j
+ * belonging to row (FX_LANES * j + l) / n, whose shift and scale a permute
+ * brings in (`owner` holds those row numbers; doubles as pairs of 32-bit
+ * halves). out may be x. */
+static inline FX_ATTR void FX(fx_lanes_scale)(const REAL *x, REAL *out, Py_ssize_t n, const REAL *shift,
+                                              const REAL *scale, const __m256i *owner) {
+#if FX_IS_DOUBLE
+    const __m256i shifts = _mm256_castpd_si256(_mm256_loadu_pd(shift));
+    const __m256i scales = _mm256_castpd_si256(_mm256_loadu_pd(scale));
+    for (Py_ssize_t j = 0; j < n; j++) {
+        __m256d m = _mm256_castsi256_pd(_mm256_permutevar8x32_epi32(shifts, owner[j]));
+        __m256d a = _mm256_castsi256_pd(_mm256_permutevar8x32_epi32(scales, owner[j]));
+        __m256d e = FX(fx_vexp)(_mm256_sub_pd(_mm256_loadu_pd(x + 4 * j), m));
+        _mm256_storeu_pd(out + 4 * j, _mm256_mul_pd(e, a));
+    }
+#else
+    const __m256 shifts = _mm256_loadu_ps(shift);
+    const __m256 scales = _mm256_loadu_ps(scale);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        __m256 m = _mm256_permutevar8x32_ps(shifts, owner[j]);
+        __m256 a = _mm256_permutevar8x32_ps(scales, owner[j]);
+        __m256 e = FX(fx_vexp)(_mm256_sub_ps(_mm256_loadu_ps(x + 8 * j), m));
+        _mm256_storeu_ps(out + 8 * j, _mm256_mul_ps(e, a));
+    }
+#endif
+}
+#endif
+
+/* out[k] = log1p(rest[k]) in REAL for k < n (the rests of a tile's positions): vectorised with AVX2. */
+static FX_ATTR void FX(fx_log1p_rests)(const double *rest, REAL *out, Py_ssize_t n) {
+    Py_ssize_t k = 0;
+#if FX_INTRINSICS
+#if FX_IS_DOUBLE
+    for (; k + 4 <= n; k += 4) _mm256_storeu_pd(out + k, FX(fx_vlog1p)(_mm256_loadu_pd(rest + k)));
+#else
+    for (; k + 8 <= n; k += 8) {
+        __m256 r = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_loadu_pd(rest + k + 4)),
+                                   _mm256_cvtpd_ps(_mm256_loadu_pd(rest + k)));
+        _mm256_storeu_ps(out + k, FX(fx_vlog1p)(r));
+    }
+#endif
+#endif
+    for (; k < n; k++) out[k] = (REAL)log1p(rest[k]);
+}
+
+/* M, S' and log1p(S') (in REAL) of `rows` rows of n classes: FX_LANES rows
+ * at a time with AVX2 when n <= FX_LANE_CLASSES (the last rows padded to a
+ * full block, so a row's values never depend on where a thread's range
+ * starts), else row by row. */
+static FX_ATTR void FX(fx_rows_stats)(const REAL *x, Py_ssize_t rows, Py_ssize_t n, REAL *shift, double *rest,
+                                      REAL *logs) {
+    Py_ssize_t r = 0;
+#if FX_INTRINSICS
+    if (n >= 1 && n <= FX_LANE_CLASSES) {
+        for (; r + FX_LANES <= rows; r += FX_LANES) FX(fx_lanes_stats)(x + r * n, n, shift + r, rest + r, logs + r);
+        if (r < rows) {
+            REAL pad[FX_LANES * FX_LANE_CLASSES], pad_shift[FX_LANES], pad_logs[FX_LANES];
+            double pad_rest[FX_LANES];
+            memset(pad, 0, sizeof pad);
+            memcpy(pad, x + r * n, (size_t)((rows - r) * n) * sizeof(REAL));
+            FX(fx_lanes_stats)(pad, n, pad_shift, pad_rest, pad_logs);
+            for (Py_ssize_t l = 0; r < rows; r++, l++) {
+                shift[r] = pad_shift[l];
+                rest[r] = pad_rest[l];
+                logs[r] = pad_logs[l];
+            }
+        }
+        return;
+    }
+#endif
+    for (; r < rows; r++) {
+        rest[r] = FX(fx_shift_sum)(x + r * n, n, shift + r);
+        logs[r] = (REAL)log1p(rest[r]);
+    }
+}
+
+/* out[r, :] = exp(x[r, :] - shift[r]) * scale[r] for `rows` rows of n
+ * classes (out may be x); blocks of FX_LANES rows as fx_rows_stats. */
+static FX_ATTR void FX(fx_rows_scale)(const REAL *x, REAL *out, Py_ssize_t rows, Py_ssize_t n, const REAL *shift,
+                                      const REAL *scale) {
+    Py_ssize_t r = 0;
+#if FX_INTRINSICS
+    if (n >= 1 && n <= FX_LANE_CLASSES) {
+        __m256i owner[FX_LANE_CLASSES];
+        int32_t lanes[8];
+        for (Py_ssize_t j = 0; j < n; j++) {
+            for (int l = 0; l < 8; l++)
+                lanes[l] = FX_IS_DOUBLE ? (int32_t)(2 * ((4 * j + l / 2) / n) + l % 2) : (int32_t)((8 * j + l) / n);
+            owner[j] = _mm256_loadu_si256((const __m256i *)lanes);
+        }
+        for (; r + FX_LANES <= rows; r += FX_LANES)
+            FX(fx_lanes_scale)(x + r * n, out + r * n, n, shift + r, scale + r, owner);
+        if (r < rows) {
+            REAL pad[FX_LANES * FX_LANE_CLASSES], pad_shift[FX_LANES], pad_scale[FX_LANES];
+            size_t count = (size_t)((rows - r) * n);
+            memset(pad, 0, sizeof pad);
+            memcpy(pad, x + r * n, count * sizeof(REAL));
+            for (Py_ssize_t l = 0; l < FX_LANES; l++) {
+                pad_shift[l] = r + l < rows ? shift[r + l] : (REAL)0;
+                pad_scale[l] = r + l < rows ? scale[r + l] : (REAL)0;
+            }
+            FX(fx_lanes_scale)(pad, pad, n, pad_shift, pad_scale, owner);
+            memcpy(out + r * n, pad, count * sizeof(REAL));
+        }
+        return;
+    }
+#endif
+    for (; r < rows; r++)
+        for (Py_ssize_t c = 0; c < n; c++) out[r * n + c] = FX(fx_exp)(x[r * n + c] - shift[r]) * scale[r];
+}
+
+#if FX_INTRINSICS
+#undef FX_GATHER
+#undef FX_INDEX
+#undef FX_LANE_INDEX
+#undef FX_CMP
+#undef FX_BLEND
+#undef FX_AND
+#undef FX_ANDNOT2
+#undef FX_MOVEMASK2
+#undef FX_ALL_LANES
+#endif
