@@ -70,6 +70,15 @@ def _sumexp(chunk, shift):  # type: ignore[no-untyped-def]
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
+def _sumexp_whole(chunk, shift):  # type: ignore[no-untyped-def]
+    """``sum of exp(x - shift)``, the maxima included: S, from which S' = S - 1 once S >= 2."""
+    total = typed(chunk, 0.0)
+    for i in range(chunk.size):
+        total += fast_exp(chunk[i] - shift)
+    return total
+
+
+@njit(fastmath=FAST, cache=True, inline="always")
 def _sumexp_capped(chunk, shift, cap):  # type: ignore[no-untyped-def]
     total = typed(chunk, 0.0)
     ties = typed(chunk, 0.0)
@@ -103,6 +112,10 @@ def row_shift_and_sum(row, cap):  # type: ignore[no-untyped-def]
         # One chunk: skip the merging loop, which costs ~90 ns per row (C = 10: 118 -> 30 ns).
         best = vector_max(row)
         shift = best if best != neg_inf else typed(row, 0.0)
+        # S >= 2: S' = S - 1 is relatively accurate, and the sum needs no mask for the maxima.
+        total = np.float64(_sumexp_whole(row, shift))
+        if total >= 2.0:
+            return shift, total - 1.0
         below, ties = _sumexp(row, shift)
         return shift, _rest(np.float64(below), ties, shift)
     best = neg_inf
@@ -147,8 +160,7 @@ def row_store_exp(row, out, scratch):  # type: ignore[no-untyped-def]
     """
     best = vector_max(row)
     shift = best if best != typed(row, -np.inf) else typed(row, 0.0)
-    below = 0.0
-    ties = 0
+    total = 0.0
     for start in range(0, row.size, CHUNK):
         chunk = row[start : start + CHUNK]
         if scratch.size:
@@ -157,15 +169,22 @@ def row_store_exp(row, out, scratch):  # type: ignore[no-untyped-def]
             chunk = copy
         stored = out[start : start + CHUNK]
         partial = typed(row, 0.0)
-        chunk_ties = typed(row, 0.0)
         for i in range(chunk.size):
             e = fast_exp(chunk[i] - shift)
-            tie = chunk[i] == shift
             stored[i] = e
-            partial += typed(row, 0.0) if tie else e
-            chunk_ties += typed(row, 1.0) if tie else typed(row, 0.0)
-        below += partial
-        ties += int(chunk_ties)
+            partial += e
+        total += partial
+    if total >= 2.0:
+        return shift, total - 1.0
+    # The maximum dominates (or the row is not finite). Its exp is the only 1 (two would make S >= 2):
+    # S' sums the others, from the stored exps (the row itself may be gone).
+    below = 0.0
+    ties = 0
+    for i in range(out.size):
+        if out[i] == 1:
+            ties += 1
+        else:
+            below += np.float64(out[i])
     return shift, _rest(below, ties, shift)
 
 
@@ -190,8 +209,13 @@ def row_weighted_sum(row, weight, cap):  # type: ignore[no-untyped-def]
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
-def row_target_sums(row, target, weight, eps, cap):  # type: ignore[no-untyped-def]
-    """``(sum w t', sum w t' x)`` in float64 for probability targets, ``t' = (1-eps) t + eps/C``."""
+def row_target_sums(row, target, weight, eps, cap, ref):  # type: ignore[no-untyped-def]
+    """``(sum w t', sum w t' (x - ref))`` in float64 for probability targets, ``t' = (1-eps) t + eps/C``.
+
+    With ``ref`` the row's maximum, every term of the moment has one sign:
+    the loss ``mass * log1p(S') - moment`` of a target on the maximum keeps
+    its tiny value instead of cancelling.
+    """
     n = row.size
     uniform = eps / n if n else 0.0
     keep = 1.0 - eps
@@ -200,7 +224,7 @@ def row_target_sums(row, target, weight, eps, cap):  # type: ignore[no-untyped-d
     for i in range(n):
         wt = np.float64(weight[i]) * (np.float64(target[i]) * keep + uniform)
         mass += wt
-        moment += wt * np.float64(capped(row[i], cap))
+        moment += wt * (np.float64(capped(row[i], cap)) - ref)
     return mass, moment
 
 
@@ -367,7 +391,9 @@ def xent_probs_rows(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscale
         buffer = scratch[part]
         for b in range(part * x.shape[0] // parts, (part + 1) * x.shape[0] // parts):
             row = x[b]
-            mass, moment = row_target_sums(row, target[b], weight, eps, cap)
+            best = capped(vector_max(row), cap) if row.size else typed(row, 0.0)
+            ref = np.float64(best) if np.isfinite(best) else 0.0
+            mass, moment = row_target_sums(row, target[b], weight, eps, cap, ref)
             # Read before the exps may overwrite the row (in place).
             first = np.argmax(row) if with_grad and row.size else 0
             z_first = capped(row[first], cap) if with_grad and row.size else typed(row, 0.0)
@@ -379,7 +405,7 @@ def xent_probs_rows(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscale
                 shift, rest = row_shift_and_sum(row, cap)
             total = 1.0 + rest
             row_lse = np.float64(shift) + math.log1p(rest)
-            loss[b] = mass * row_lse - moment
+            loss[b] = mass * ((np.float64(shift) - ref) + math.log1p(rest)) - moment
             lse[b] = row_lse
             if with_grad:
                 g = gscale[b]

@@ -35,13 +35,33 @@ def tile_width(n_classes: int, n_positions: int, itemsize: int) -> int:
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
-def tile_shift_and_sum(x, b, k0, width, cap, shift, total):  # type: ignore[no-untyped-def]
-    """Fill ``shift[:width]`` and the float64 ``total[:width]`` (M and S of each position).
+def _column_rest(x, b, k, cap, shift):  # type: ignore[no-untyped-def]
+    """S' of position ``k`` exactly: the exps of every class but the first maximum, in float64."""
+    if shift == np.inf:
+        return np.nan
+    others = 0.0
+    seen = False
+    for c in range(x.shape[1]):
+        value = capped(x[b, c, k], cap) if cap != 0 else x[b, c, k]
+        if not seen and value == shift:
+            seen = True
+        else:
+            others += np.float64(fast_exp(value - shift))
+    return others if seen else others - 1.0
+
+
+@njit(fastmath=FAST, cache=True, inline="always")
+def tile_shift_and_sum(x, b, k0, width, cap, shift, rest):  # type: ignore[no-untyped-def]
+    """Fill ``shift[:width]`` and the float64 ``rest[:width]`` (M and S' of each position; see :mod:`._rows`).
 
     Sums run in the logits' precision over blocks of ``CLASS_BLOCK`` classes
     (vectorised) and are added up in float64, so float32 totals stay accurate
     for a million classes (a float32 sum over all of them drifted by 5e-5).
+    S is summed with the maximum's exp (1) in it: from S >= 2, S' = S - 1 is
+    relatively accurate; a position whose maximum dominates (S < 2), or that
+    is not finite, gets the exact scalar pass of :func:`_column_rest`.
     """
+    total = rest
     neg_inf = typed(x, -np.inf)
     for k in range(width):
         shift[k] = neg_inf
@@ -68,6 +88,8 @@ def tile_shift_and_sum(x, b, k0, width, cap, shift, total):  # type: ignore[no-u
                     partial[k] += fast_exp(capped(column[k], cap) - shift[k])
         for k in range(width):
             total[k] += partial[k]
+    for k in range(width):
+        rest[k] = total[k] - 1.0 if total[k] >= 2.0 else _column_rest(x, b, k0 + k, cap, shift[k])
 
 
 @njit(cache=True, inline="always")
@@ -103,7 +125,7 @@ def logsumexp_tiles(x, out, width):  # type: ignore[no-untyped-def]
                         value = x[b, c, k0 + k]
                 out[b, k0 + k] = value
             else:
-                out[b, k0 + k] = shift[k] + math.log(total[k])
+                out[b, k0 + k] = shift[k] + math.log1p(total[k])
 
 
 @variants(FAST)
@@ -116,7 +138,7 @@ def softmax_tiles(x, out, log, width):  # type: ignore[no-untyped-def]
         scale, _ = _scratch(x, w)
         tile_shift_and_sum(x, b, k0, w, 0.0, shift, total)
         for k in range(w):
-            scale[k] = math.log(total[k]) if log else 1 / total[k]
+            scale[k] = math.log1p(total[k]) if log else 1 / (1.0 + total[k])
         for c in range(x.shape[1]):
             column = x[b, c, k0 : k0 + w]
             target = out[b, c, k0 : k0 + w]
@@ -154,6 +176,7 @@ def xent_index_tile(
     shift, total = _stats_buffers(x, w)
     scale, smooth = _scratch(x, w)
     weighted = np.zeros(w)
+    top = np.full(w, np.nan)  # the gradient of a target that is the maximum (NaN: it is not)
     tile_shift_and_sum(x, b, k0, w, cap, shift, total)
     if eps > 0:
         for c in range(n_classes):
@@ -172,7 +195,7 @@ def xent_index_tile(
         raw_y = x[b, y, k0 + k]
         x_y = capped(raw_y, cap)
         w_y = np.float64(weight[y])
-        log_total = math.log(total[k])
+        log_total = math.log1p(total[k])
         row_lse = np.float64(shift[k]) + log_total
         value = (1.0 - eps) * w_y * (np.float64(shift[k] - x_y) + log_total)
         if eps > 0:
@@ -183,10 +206,15 @@ def xent_index_tile(
         a = g * ((1.0 - eps) * w_y + smooth_coef * weight_sum)
         if z_coef != 0:
             a += g * 2.0 * z_coef * row_lse
-        scale[k] = a / total[k]
+        scale[k] = a / (1.0 + total[k])
         smooth[k] = g * smooth_coef
         # Kept for the target correction below, after x may have been overwritten.
-        weighted[k] = g * (1.0 - eps) * w_y * (cap_slope(raw_y, cap) if cap != 0 else 1.0)
+        slope = cap_slope(raw_y, cap) if cap != 0 else 1.0
+        c_y = g * (1.0 - eps) * w_y
+        weighted[k] = c_y * slope
+        if x_y == shift[k]:
+            # exp(x_y - M) = 1: a / S - c = ((a - c) - c S') / S, with no cancellation.
+            top[k] = (((a - c_y) - c_y * total[k]) / (1.0 + total[k]) - smooth[k] * w_y) * slope
     if not with_grad:
         return
     _tile_grad(x, grad, b, k0, w, shift, scale, smooth, weight, cap)
@@ -195,6 +223,8 @@ def xent_index_tile(
         if y == ignore_index or y < 0 or y >= n_classes:
             for c in range(n_classes):
                 grad[b, c, k0 + k] = 0
+        elif not np.isnan(top[k]):
+            grad[b, y, k0 + k] = top[k]
         else:
             grad[b, y, k0 + k] -= weighted[k]
 
@@ -232,6 +262,8 @@ def xent_probs_tiles(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscal
         scale, _ = _scratch(x, w)
         mass = np.zeros(w)
         moment = np.zeros(w)
+        top = np.full(w, -1)  # the class of a dominant maximum, whose gradient is written apart
+        top_grad = np.zeros(w)
         tile_shift_and_sum(x, b, k0, w, cap, shift, total)
         for c in range(n_classes):
             w_c = np.float64(weight[c])
@@ -240,16 +272,28 @@ def xent_probs_tiles(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscal
             for k in range(w):
                 wt = w_c * (np.float64(probs[k]) * keep + uniform)
                 mass[k] += wt
-                moment[k] += wt * np.float64(capped(column[k], cap))
+                # The moment about the maximum: a target on it keeps its tiny loss.
+                moment[k] += wt * (np.float64(capped(column[k], cap)) - np.float64(shift[k]))
         for k in range(w):
-            row_lse = np.float64(shift[k]) + math.log(total[k])
-            loss[b, k0 + k] = mass[k] * row_lse - moment[k]
+            log_total = math.log1p(total[k])
+            row_lse = np.float64(shift[k]) + log_total
+            loss[b, k0 + k] = mass[k] * log_total - moment[k]
             lse[b, k0 + k] = row_lse
             g = gscale[b, k0 + k] if with_grad else 0.0
             a = g * mass[k]
             if z_coef != 0:
                 a += g * 2.0 * z_coef * row_lse
-            scale[k] = a / total[k]
+            scale[k] = a / (1.0 + total[k])
+            if with_grad and total[k] < 1.0:
+                # The maximum dominates: its p - t' as in the rows, found before x may be overwritten.
+                for m in range(n_classes):
+                    raw = x[b, m, k0 + k]
+                    if capped(raw, cap) == shift[k]:
+                        mass_m = g * np.float64(weight[m]) * (np.float64(target[b, m, k0 + k]) * keep + uniform)
+                        top_grad[k] = ((a - mass_m) - mass_m * total[k]) / (1.0 + total[k])
+                        top_grad[k] *= cap_slope(raw, cap) if cap != 0 else 1.0
+                        top[k] = m
+                        break
         if not with_grad:
             continue
         t_keep = typed(x, keep)
@@ -268,3 +312,6 @@ def xent_probs_tiles(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscal
                 if cap != 0:
                     value *= cap_slope(raw, cap)
                 out[k] = value
+        for k in range(w):
+            if top[k] >= 0:
+                grad[b, top[k], k0 + k] = top_grad[k]
