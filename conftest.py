@@ -4,4 +4,7 @@ FASTXENT_REQUIRE_FRONTENDS names them)."""
 
 import importlib.util
 
-collect_ignore = [f"fastxent/{name}.py" for name in ("torch", "jax", "dask") if importlib.util.find_spec(name) is None]
+# Each front-end's framework and its code: a package (every module in it imports the framework) or a module.
+_FRONTENDS = {"torch": "fastxent/torch", "jax": "fastxent/jax.py", "dask": "fastxent/dask.py"}
+
+collect_ignore = [path for name, path in _FRONTENDS.items() if importlib.util.find_spec(name) is None]
