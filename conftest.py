@@ -4,7 +4,7 @@ FASTXENT_REQUIRE_FRONTENDS names them)."""
 
 import importlib.util
 
-# Each front-end's framework and its code: a package (every module in it imports the framework) or a module.
-_FRONTENDS = {"torch": "fastxent/torch", "jax": "fastxent/jax.py", "dask": "fastxent/dask.py"}
+# framework -> its front-end; a package is ignored whole (each of its modules imports the framework).
+_FRONTENDS = {"torch": "fastxent/torch", "jax": "fastxent/jax", "dask": "fastxent/dask.py"}
 
 collect_ignore = [path for name, path in _FRONTENDS.items() if importlib.util.find_spec(name) is None]
