@@ -4,4 +4,7 @@ FASTXENT_REQUIRE_FRONTENDS names them)."""
 
 import importlib.util
 
-collect_ignore = [f"fastxent/{name}.py" for name in ("torch", "jax", "dask") if importlib.util.find_spec(name) is None]
+# framework -> its front-end; a package is ignored whole (each of its modules imports the framework).
+_FRONTENDS = {"torch": "fastxent/torch", "jax": "fastxent/jax", "dask": "fastxent/dask.py"}
+
+collect_ignore = [path for name, path in _FRONTENDS.items() if importlib.util.find_spec(name) is None]

@@ -1,0 +1,41 @@
+"""Tensors as NumPy arrays and NumPy results as tensors, without copies where the dtypes allow."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: Half precision: the NumPy API computes it in float32.
+HALF = (torch.float16, torch.bfloat16)
+
+
+def as_numpy(tensor: Tensor) -> np.ndarray:
+    """A zero-copy NumPy view of a CPU tensor (half precision is widened to float32 first)."""
+    if tensor.dtype in HALF:
+        tensor = tensor.float()
+    return tensor.detach().numpy()
+
+
+def as_numpy_exact(tensor: Tensor) -> np.ndarray:
+    """A zero-copy NumPy view in the tensor's own dtype: bfloat16 through ``ml_dtypes`` (float32 without it)."""
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        try:
+            import ml_dtypes
+        except ImportError:
+            return tensor.float().numpy()
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def to_tensor(value: object, dtype: torch.dtype) -> Tensor:
+    """A NumPy result (scalar or array) as a tensor of ``dtype``; not copied when the dtype matches."""
+    if type(value) is not np.ndarray:  # a reduced loss: a NumPy scalar
+        return torch.scalar_tensor(float(value), dtype=dtype)  # type: ignore[arg-type]
+    array = value
+    if array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16: torch.from_numpy does not know it
+        result = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    else:
+        result = torch.from_numpy(array)
+    return result if result.dtype == dtype else result.to(dtype)
