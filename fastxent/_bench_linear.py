@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import _dispatch, _linear, _linear_blocks
+from . import _dispatch, _linear, _linear_blas, _linear_blocks
 
 OPERATIONS = ("fwd", "fwd+bwd")
 
@@ -102,7 +102,7 @@ def matmuls_call(operation: str, hidden: np.ndarray, weight: np.ndarray) -> Call
     grad_weight = np.empty_like(weight)
 
     def products() -> object:
-        with _linear.blas_threads(n_threads):
+        with _linear_blas.blas_threads(n_threads):
             np.matmul(hidden, weight.T, out=logits)
             if operation != "fwd":
                 np.matmul(logits, weight, out=grad_hidden)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fastxent
-from fastxent import _linear, _linear_blocks
+from fastxent import _linear, _linear_blas, _linear_blocks, _linear_products
 from fastxent._linear import linear_chunk_rows, linear_cross_entropy, linear_cross_entropy_and_grad
 
 torch = pytest.importorskip("torch")
@@ -416,7 +416,7 @@ def test_half_precision_never_converts_all_of_weight(monkeypatch):
         converted.append(np.shape(source))
         return original(destination, source, *args, **kwargs)
 
-    monkeypatch.setattr(_linear.np, "copyto", spy)
+    monkeypatch.setattr(_linear_products.np, "copyto", spy)
     got = linear_cross_entropy_and_grad(hidden, weight, target, bias, chunk_rows=2)
     monkeypatch.undo()
     assert converted and max(shape[0] for shape in converted) < weight.shape[0]
@@ -460,7 +460,7 @@ def test_without_scipy_numpy_sums_the_weight_gradient_through_a_scratch(backend,
         "all", n_rows=23, n_hidden=6, n_classes=50, dtype=dtype, bias=with_bias
     )
     with_scipy = linear_cross_entropy_and_grad(hidden, weight, target, bias, chunk_rows=5, **kwargs)
-    monkeypatch.setattr(_linear, "_scipy_gemm", lambda dtype: None)
+    monkeypatch.setattr(_linear_products, "scipy_gemm", lambda dtype: None)
     monkeypatch.setattr(_linear_blocks, "CHUNK_BYTES", 6 * 8 * 7)  # chunks of 7 or fewer vocabulary rows
     without = linear_cross_entropy_and_grad(hidden, weight, target, bias, chunk_rows=5, **kwargs)
     assert_results_close(without, with_scipy, dtype)
@@ -490,7 +490,7 @@ def test_blas_runs_on_fastxent_threads_and_is_restored():
     before = numpy_blas_threads()
     if not before:
         pytest.skip("threadpoolctl does not see NumPy's BLAS here")
-    with _linear.blas_threads(1):
+    with _linear_blas.blas_threads(1):
         assert numpy_blas_threads() == [1]
     assert numpy_blas_threads() == before
 
