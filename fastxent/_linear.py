@@ -40,141 +40,15 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from . import _dispatch
-from ._backends._interface import LossParams
-from ._linear_blas import blas_threads
 from ._linear_blocks import classes_per_chunk, linear_chunk_rows
-from ._linear_call import LinearCall, prepare, upstream_gradient
-from ._linear_products import ConvertedProducts, Outputs, Products
-from ._reduction import finish, gradient_scale
+from ._linear_call import prepare, upstream_gradient
+from ._linear_classes import loss_by_classes
+from ._linear_products import Outputs
+from ._linear_rows import sweep_rows
+from ._reduction import gradient_scale
 from ._xent import DEFAULT_IGNORE_INDEX, Reduction, loss_params
 
 __all__ = ["linear_chunk_rows", "linear_cross_entropy", "linear_cross_entropy_and_grad"]
-
-
-def _sweep(
-    call: LinearCall, params: LossParams, outputs: Outputs | None, grad_scale: np.ndarray | float | None
-) -> np.ndarray | np.floating:
-    """Run every block through the products and the kernel; return the loss.
-
-    With ``outputs``, the kernel turns each block into its gradient in place
-    and the backward products fill ``outputs``.
-    """
-    n_rows = call.hidden.shape[0]
-    n_classes = call.weight.shape[0]
-    step = call.chunk_rows
-    buffer = np.empty((min(step, n_rows), n_classes), call.compute)
-    products: Products | ConvertedProducts
-    if call.compute == call.hidden.dtype:
-        products = Products(call, outputs)
-    else:
-        products = ConvertedProducts(call, outputs, step)
-    loss_rows = lse_rows = totals = None
-    if call.reduction == "none":
-        loss_rows = np.empty((n_rows, 1), call.compute)
-        lse_rows = np.empty((n_rows, 1), call.compute) if call.z_loss else None
-    else:
-        totals = np.empty(2)
-    loss_sum = square_sum = 0.0
-    n_threads = _dispatch.get_num_threads()
-    kernel = call.backend.cross_entropy_index
-    with blas_threads(n_threads):
-        for start in range(0, n_rows, step):
-            stop = min(start + step, n_rows)
-            block = buffer[: stop - start]
-            rows = products.rows(start, stop)
-            products.logits(rows, block)
-            logits = block.reshape(stop - start, n_classes, 1)
-            kernel(
-                logits,
-                call.target[start:stop],
-                call.class_weight,
-                params,
-                None if loss_rows is None else loss_rows[start:stop],
-                None if lse_rows is None else lse_rows[start:stop],
-                None if outputs is None else logits,
-                grad_scale[start:stop] if isinstance(grad_scale, np.ndarray) else grad_scale,
-                totals,
-                n_threads,
-            )
-            if totals is not None:
-                loss_sum += float(totals[0])
-                square_sum += float(totals[1])
-            if outputs is not None:
-                products.backward(block, rows, start, stop)
-    products.finish()
-    if loss_rows is None:
-        total = finish(call.reduction, call.z_loss, loss_sum, call.divisor, square_sum, call.valid_rows)
-        return call.result_dtype.type(total)  # type: ignore[no-any-return]
-    if lse_rows is not None:
-        with np.errstate(all="ignore"):
-            loss_rows = (loss_rows + call.z_loss * np.square(lse_rows, dtype=np.float64)).astype(call.compute)
-    return loss_rows.reshape(call.loss_shape).astype(call.result_dtype, copy=False)
-
-
-def _loss_by_classes(call: LinearCall, step: int) -> np.ndarray | np.floating:
-    """The loss alone, ``step`` classes of every row at a time (no gradient, so rows need not be whole).
-
-    Each chunk of logits gives its log-sum-exp (the backend's kernel), the
-    rows' target logits and, for label smoothing, its class-weighted sum;
-    the chunks combine with ``logaddexp`` and sums. The loss is then the
-    kernels' formula, ``(1 - eps) * w[y] * (lse - x[y]) + eps / V * sum_c w[c] * (lse - x[c])``.
-    """
-    n_rows = call.hidden.shape[0]
-    n_classes = call.weight.shape[0]
-    eps, cap = call.params.label_smoothing, call.params.softcap
-    products: Products | ConvertedProducts
-    if call.compute == call.hidden.dtype:
-        products = Products(call, None)
-    else:
-        products = ConvertedProducts(call, None, n_rows)
-    rows = products.rows(0, n_rows)
-    flat = np.empty(n_rows * step, call.compute)
-    chunk_lse = np.empty((n_rows, 1), call.compute)
-    lse = np.full(n_rows, -np.inf)
-    picked = np.zeros(n_rows)
-    smoothed = np.zeros(n_rows) if eps else None
-    target = call.target[:, 0]
-    valid = (target != call.params.ignore_index) & (target >= 0) & (target < n_classes)
-    n_threads = _dispatch.get_num_threads()
-    with blas_threads(n_threads), np.errstate(all="ignore"):
-        for low in range(0, n_classes, step):
-            high = min(low + step, n_classes)
-            block = flat[: n_rows * (high - low)].reshape(n_rows, high - low)
-            products.logits(rows, block, low, high)
-            if cap:
-                np.divide(block, cap, out=block)
-                np.tanh(block, out=block)
-                block *= cap
-            call.backend.logsumexp(block.reshape(n_rows, high - low, 1), chunk_lse, n_threads)
-            np.logaddexp(lse, chunk_lse[:, 0], out=lse)
-            here = np.flatnonzero(valid & (target >= low) & (target < high))
-            picked[here] = block[here, target[here] - low]
-            if smoothed is not None:
-                weights = None if call.class_weight is None else call.class_weight[low:high]
-                smoothed += block.sum(axis=1) if weights is None else block @ weights
-        weight_of_target = 1.0 if call.class_weight is None else call.class_weight[np.where(valid, target, 0)]
-        loss = (1.0 - eps) * weight_of_target * (lse - picked)
-        if smoothed is not None:
-            weight_sum = (
-                float(n_classes) if call.class_weight is None else float(np.sum(call.class_weight, dtype=np.float64))
-            )
-            loss += eps / n_classes * (weight_sum * lse - smoothed)
-        loss = np.where(valid, loss, 0.0)
-        lse = np.where(valid, lse, 0.0)
-        if call.reduction != "none":
-            total = finish(
-                call.reduction,
-                call.z_loss,
-                float(np.sum(loss)),
-                call.divisor,
-                float(np.sum(lse * lse)),
-                call.valid_rows,
-            )
-            return call.result_dtype.type(total)  # type: ignore[no-any-return]
-        if call.z_loss:
-            loss += call.z_loss * lse * lse
-    return loss.astype(call.compute).reshape(call.loss_shape).astype(call.result_dtype, copy=False)
 
 
 def linear_cross_entropy(
@@ -258,8 +132,8 @@ def linear_cross_entropy(
     if not call.chunk_rows_given:
         step = classes_per_chunk(call.hidden.shape[0], call.weight.shape[0], call.compute.itemsize)
         if step is not None:
-            return _loss_by_classes(call, step)
-    return _sweep(call, call.params, None, None)
+            return loss_by_classes(call, step)
+    return sweep_rows(call, call.params, None, None)
 
 
 def linear_cross_entropy_and_grad(
@@ -334,6 +208,6 @@ def linear_cross_entropy_and_grad(
         grad_weight=(np.empty if n_rows else np.zeros)((n_classes, n_hidden), dtype),
         grad_bias=None if call.bias is None else (np.empty if n_rows else np.zeros)(n_classes, dtype),
     )
-    loss = _sweep(call, params, outputs, grad_scale)
+    loss = sweep_rows(call, params, outputs, grad_scale)
     hidden_shape = (*call.loss_shape, n_hidden)
     return loss, outputs.grad_hidden.reshape(hidden_shape), outputs.grad_weight, outputs.grad_bias

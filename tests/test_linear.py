@@ -198,15 +198,15 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 def loss_by_classes(monkeypatch: pytest.MonkeyPatch, *args: object, **kwargs: object) -> object:
     """``linear_cross_entropy(*args, **kwargs)``, checking that it went by chunks of classes."""
     chunks = []
-    original = _linear._loss_by_classes
+    original = _linear.loss_by_classes
 
     def spy(call: object, step: int) -> object:
         chunks.append(step)
         return original(call, step)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_linear, "_loss_by_classes", spy)
+    monkeypatch.setattr(_linear, "loss_by_classes", spy)
     loss = linear_cross_entropy(*args, **kwargs)  # type: ignore[arg-type]
-    monkeypatch.setattr(_linear, "_loss_by_classes", original)
+    monkeypatch.setattr(_linear, "loss_by_classes", original)
     assert len(chunks) == 1 and chunks[0] < np.shape(args[1])[0]  # several chunks
     return loss
 
