@@ -51,6 +51,27 @@ def _same_dtype(array: np.ndarray, dtype: np.dtype, name: str) -> None:
         raise TypeError(f"{name} must have hidden's dtype {dtype}; got {array.dtype}")
 
 
+def _per_class(
+    values: npt.ArrayLike | None,
+    name: str,
+    weight: np.ndarray,
+    compute: np.dtype,
+    hidden_dtype: np.dtype | None = None,
+) -> np.ndarray | None:
+    """``values`` checked as one float per row of ``weight`` (of ``hidden_dtype`` if given), in ``compute``."""
+    if values is None:
+        return None
+    array = float_input(values, name).array
+    n_classes = weight.shape[0]
+    if array.shape != (n_classes,):
+        raise ValueError(
+            f"{name} must have shape ({n_classes},), one per row of weight of shape {weight.shape}; got {array.shape}"
+        )
+    if hidden_dtype is not None:
+        _same_dtype(array, hidden_dtype, name)
+    return np.ascontiguousarray(array, dtype=compute)
+
+
 def _compute_layout(array: np.ndarray, compute: np.dtype) -> np.ndarray:
     """``array`` as BLAS reads it without a copy per call: C- or F-contiguous, native order."""
     half = array.dtype.itemsize == 2
@@ -88,28 +109,11 @@ def prepare(
         )
     _same_dtype(weight_array, hidden_array.dtype, "weight")
     n_classes = weight_array.shape[0]
-    bias_array = None
-    if bias is not None:
-        bias_array = float_input(bias, "bias").array
-        if bias_array.shape != (n_classes,):
-            raise ValueError(
-                f"bias must have shape ({n_classes},), one per row of weight of shape {weight_array.shape}; "
-                f"got {bias_array.shape}"
-            )
-        _same_dtype(bias_array, hidden_array.dtype, "bias")
-        bias_array = np.ascontiguousarray(bias_array, dtype=compute)
+    bias_array = _per_class(bias, "bias", weight_array, compute, hidden_array.dtype)
     reduction = check_reduction(reduction)
     ignore = check_ignore_index(ignore_index)
     eps, z, cap = check_options(label_smoothing, z_loss, softcap)
-    weights = None
-    if class_weight is not None:
-        weights = float_input(class_weight, "class_weight").array
-        if weights.shape != (n_classes,):
-            raise ValueError(
-                f"class_weight must have shape ({n_classes},), one per row of weight of shape "
-                f"{weight_array.shape}; got {weights.shape}"
-            )
-        weights = np.ascontiguousarray(weights, dtype=compute)
+    weights = _per_class(class_weight, "class_weight", weight_array, compute)
     n_rows = math.prod(shape[:-1])
     if chunk_rows is None:
         rows = linear_chunk_rows(n_rows, n_classes, compute)
