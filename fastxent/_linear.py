@@ -33,6 +33,12 @@ float16 / bfloat16 inputs are computed in float32 block by block: ``hidden``
 a block of rows and ``weight`` a chunk of classes at a time, so no
 full-size float32 copy of ``weight`` is made. With more than one block of
 rows the weight gradient is summed in a float32 ``(V, H)`` array.
+
+The parts: :mod:`fastxent._linear_call` checks a call and
+:mod:`fastxent._linear_blocks` sizes its blocks; :mod:`fastxent._linear_rows`
+runs the blocks of rows and :mod:`fastxent._linear_classes` the chunks of
+classes, both through :mod:`fastxent._linear_products` (the matrix products)
+and :mod:`fastxent._linear_blas` (SciPy's ``gemm``, BLAS threads).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """BLAS for the fused linear cross-entropy: SciPy's ``gemm`` and the threads BLAS runs on.
 
-SciPy's ``sgemm`` / ``dgemm`` take views as they are (no copies) and
-``beta=1``, which NumPy's API lacks; one BLAS library for all three products
-keeps a second thread pool (SciPy's wheels bundle their own OpenBLAS) out of
-the way. threadpoolctl gives BLAS the kernels' thread count for the call.
+Why SciPy's ``gemm`` rather than NumPy's ``matmul``: :mod:`fastxent._linear`.
+BLAS and the kernels take turns on the same cores, so threadpoolctl gives
+BLAS the kernels' thread count for the length of a call.
 """
 
 from __future__ import annotations

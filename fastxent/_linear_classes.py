@@ -12,7 +12,7 @@ import numpy as np
 from . import _dispatch
 from ._linear_blas import blas_threads
 from ._linear_call import LinearCall
-from ._linear_products import ConvertedProducts, Products
+from ._linear_products import products_for
 from ._reduction import finish
 
 __all__ = ["loss_by_classes"]
@@ -29,11 +29,7 @@ def loss_by_classes(call: LinearCall, step: int) -> np.ndarray | np.floating:
     n_rows = call.hidden.shape[0]
     n_classes = call.weight.shape[0]
     eps, cap = call.params.label_smoothing, call.params.softcap
-    products: Products | ConvertedProducts
-    if call.compute == call.hidden.dtype:
-        products = Products(call, None)
-    else:
-        products = ConvertedProducts(call, None, n_rows)
+    products = products_for(call, None, n_rows)
     rows = products.rows(0, n_rows)
     flat = np.empty(n_rows * step, call.compute)
     chunk_lse = np.empty((n_rows, 1), call.compute)

@@ -1,15 +1,10 @@
-"""The three matrix products of a block of the fused linear cross-entropy.
+"""The matrix products of the fused linear cross-entropy: steps 1 and 3 of :mod:`fastxent._linear`.
 
-For a block of rows ``hidden[i:j]`` and its buffer of logits: the forward
-``block = hidden[i:j] @ weight.T (+ bias)``, and once the kernel has turned
-the block into ``d loss / d logits``, the backward
-``grad_hidden[i:j] = block @ weight`` and ``grad_weight += block.T @ hidden[i:j]``.
-The forward also serves a chunk of classes of every row (``low:high``).
-
-float32/float64 go straight to SciPy's BLAS (:mod:`fastxent._linear_blas`),
-or without SciPy to NumPy's ``matmul``, which cannot add into an output: the
-weight gradient is then summed through a scratch. float16/bfloat16 are
-computed in float32, ``weight`` converted a chunk of classes at a time.
+The forward fills a block of rows (or a chunk of classes of every row) of
+logits; the backward multiplies the block's gradient into ``grad_hidden``,
+``grad_weight`` and ``grad_bias``. :class:`Products` hands float32/float64
+to BLAS as they are; :class:`ConvertedProducts` computes float16/bfloat16 in
+float32, ``weight`` a chunk of classes at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ from ._linear_blas import scipy_gemm
 from ._linear_blocks import weight_chunk_rows
 from ._linear_call import LinearCall
 
-__all__ = ["ConvertedProducts", "Outputs", "Products"]
+__all__ = ["ConvertedProducts", "Outputs", "Products", "products_for"]
 
 
 def accumulate_products(total: np.ndarray, a: np.ndarray, b: np.ndarray, first: bool, scratch: np.ndarray) -> None:
@@ -182,3 +177,10 @@ class ConvertedProducts:
             self.outputs.grad_weight[...] = self.grad_weight
         if self.grad_bias is not None and self.outputs.grad_bias is not None:
             self.outputs.grad_bias[...] = self.grad_bias
+
+
+def products_for(call: LinearCall, outputs: Outputs | None, block_rows: int) -> Products | ConvertedProducts:
+    """The products for ``call``'s dtype, over blocks of at most ``block_rows`` rows."""
+    if call.compute == call.hidden.dtype:
+        return Products(call, outputs)
+    return ConvertedProducts(call, outputs, block_rows)

@@ -1,11 +1,8 @@
 """The fused linear cross-entropy a block of rows at a time: the loss, and the gradients if asked.
 
-Each block of rows is multiplied into one buffer of logits that every block
-reuses; the cross-entropy kernel of the backend in force reads it and, for
-the gradient, overwrites it with ``d loss / d logits`` (the per-row scale of
-the reduction and ``grad_output`` included), which the backward products
-then multiply right away. The blocks' losses are partial sums, finished by
-:func:`fastxent._reduction.finish`.
+Steps 1 to 3 of :mod:`fastxent._linear` for every block, in one buffer of
+logits that every block reuses. The blocks' losses are partial sums,
+finished once by :func:`fastxent._reduction.finish`.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ from . import _dispatch
 from ._backends._interface import LossParams
 from ._linear_blas import blas_threads
 from ._linear_call import LinearCall
-from ._linear_products import ConvertedProducts, Outputs, Products
+from ._linear_products import Outputs, products_for
 from ._reduction import finish
 
 __all__ = ["sweep_rows"]
@@ -34,11 +31,7 @@ def sweep_rows(
     n_classes = call.weight.shape[0]
     step = call.chunk_rows
     buffer = np.empty((min(step, n_rows), n_classes), call.compute)
-    products: Products | ConvertedProducts
-    if call.compute == call.hidden.dtype:
-        products = Products(call, outputs)
-    else:
-        products = ConvertedProducts(call, outputs, step)
+    products = products_for(call, outputs, step)
     loss_rows = lse_rows = totals = None
     if call.reduction == "none":
         loss_rows = np.empty((n_rows, 1), call.compute)
