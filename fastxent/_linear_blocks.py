@@ -34,7 +34,7 @@ CHUNK_BYTES = 8 * 2**20
 
 
 def linear_chunk_rows(n_rows: int, n_classes: int, dtype: npt.DTypeLike = np.float32) -> int:
-    """Rows per block that :func:`linear_cross_entropy` uses by default.
+    """Rows per block that :func:`fastxent.linear_cross_entropy` uses by default.
 
     A block of ``rows x n_classes`` logits in the compute dtype has 256 rows
     or 64 MiB, whichever is more rows (the matrix products slow down on
