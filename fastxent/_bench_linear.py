@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import _dispatch, _linear
+from . import _dispatch, _linear, _linear_blas, _linear_blocks
 
 OPERATIONS = ("fwd", "fwd+bwd")
 
@@ -102,7 +102,7 @@ def matmuls_call(operation: str, hidden: np.ndarray, weight: np.ndarray) -> Call
     grad_weight = np.empty_like(weight)
 
     def products() -> object:
-        with _linear.blas_threads(n_threads):
+        with _linear_blas.blas_threads(n_threads):
             np.matmul(hidden, weight.T, out=logits)
             if operation != "fwd":
                 np.matmul(logits, weight, out=grad_hidden)
@@ -215,7 +215,7 @@ def peak_memory(library: str, case: LinearCase) -> dict[str, float]:
 def blocks(n_rows: int, n_classes: int, dtype: str, operation: str) -> str:
     """How fastxent cuts the call by default: rows per block, or for the loss alone maybe classes per chunk."""
     itemsize = max(np.dtype(dtype).itemsize, 4)
-    classes = _linear._classes_per_chunk(n_rows, n_classes, itemsize) if operation == "fwd" else None
+    classes = _linear_blocks.classes_per_chunk(n_rows, n_classes, itemsize) if operation == "fwd" else None
     if classes is not None:
         return f"{classes} classes"
     return f"{_linear.linear_chunk_rows(n_rows, n_classes, dtype)} rows"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fastxent
-from fastxent import _linear
+from fastxent import _linear, _linear_blas, _linear_blocks, _linear_products
 from fastxent._linear import linear_chunk_rows, linear_cross_entropy, linear_cross_entropy_and_grad
 
 torch = pytest.importorskip("torch")
@@ -191,22 +191,22 @@ def test_matches_torch(backend, dtype, options, reduction, with_bias):
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Budgets that make tiny inputs take several blocks: 30% of the rows (or classes) each."""
     for name, value in [("BLOCK_ROWS", 10**6), ("BLOCK_BYTES", 0), ("MIN_BLOCK_ROWS", 1), ("MIN_BLOCK_BYTES", 0)]:
-        monkeypatch.setattr(_linear, name, value)
-    monkeypatch.setattr(_linear, "BLOCK_FRACTION", 0.3)
+        monkeypatch.setattr(_linear_blocks, name, value)
+    monkeypatch.setattr(_linear_blocks, "BLOCK_FRACTION", 0.3)
 
 
 def loss_by_classes(monkeypatch: pytest.MonkeyPatch, *args: object, **kwargs: object) -> object:
     """``linear_cross_entropy(*args, **kwargs)``, checking that it went by chunks of classes."""
     chunks = []
-    original = _linear._loss_by_classes
+    original = _linear.loss_by_classes
 
     def spy(call: object, step: int) -> object:
         chunks.append(step)
         return original(call, step)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_linear, "_loss_by_classes", spy)
+    monkeypatch.setattr(_linear, "loss_by_classes", spy)
     loss = linear_cross_entropy(*args, **kwargs)  # type: ignore[arg-type]
-    monkeypatch.setattr(_linear, "_loss_by_classes", original)
+    monkeypatch.setattr(_linear, "loss_by_classes", original)
     assert len(chunks) == 1 and chunks[0] < np.shape(args[1])[0]  # several chunks
     return loss
 
@@ -248,10 +248,10 @@ def test_loss_alone_by_chunks_of_classes_with_every_row_ignored(backend, small_b
 
 def test_the_issue_cases_take_the_cheaper_way():
     # The loss alone of an LM head (N << V) goes by classes; a tall, narrow one (N >> V) by rows.
-    assert _linear._classes_per_chunk(512, 128256, 4) is not None
-    assert _linear._classes_per_chunk(2048, 32000, 4) is not None
-    assert _linear._classes_per_chunk(100_000, 10, 4) is None
-    assert _linear._classes_per_chunk(0, 10, 4) is None and _linear._classes_per_chunk(10, 0, 4) is None
+    assert _linear_blocks.classes_per_chunk(512, 128256, 4) is not None
+    assert _linear_blocks.classes_per_chunk(2048, 32000, 4) is not None
+    assert _linear_blocks.classes_per_chunk(100_000, 10, 4) is None
+    assert _linear_blocks.classes_per_chunk(0, 10, 4) is None and _linear_blocks.classes_per_chunk(10, 0, 4) is None
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -416,7 +416,7 @@ def test_half_precision_never_converts_all_of_weight(monkeypatch):
         converted.append(np.shape(source))
         return original(destination, source, *args, **kwargs)
 
-    monkeypatch.setattr(_linear.np, "copyto", spy)
+    monkeypatch.setattr(_linear_products.np, "copyto", spy)
     got = linear_cross_entropy_and_grad(hidden, weight, target, bias, chunk_rows=2)
     monkeypatch.undo()
     assert converted and max(shape[0] for shape in converted) < weight.shape[0]
@@ -460,8 +460,8 @@ def test_without_scipy_numpy_sums_the_weight_gradient_through_a_scratch(backend,
         "all", n_rows=23, n_hidden=6, n_classes=50, dtype=dtype, bias=with_bias
     )
     with_scipy = linear_cross_entropy_and_grad(hidden, weight, target, bias, chunk_rows=5, **kwargs)
-    monkeypatch.setattr(_linear, "_scipy_gemm", lambda dtype: None)
-    monkeypatch.setattr(_linear, "CHUNK_BYTES", 6 * 8 * 7)  # chunks of 7 or fewer vocabulary rows
+    monkeypatch.setattr(_linear_products, "scipy_gemm", lambda dtype: None)
+    monkeypatch.setattr(_linear_blocks, "CHUNK_BYTES", 6 * 8 * 7)  # chunks of 7 or fewer vocabulary rows
     without = linear_cross_entropy_and_grad(hidden, weight, target, bias, chunk_rows=5, **kwargs)
     assert_results_close(without, with_scipy, dtype)
     expected = materialised(hidden, weight, target, bias, **kwargs)
@@ -490,7 +490,7 @@ def test_blas_runs_on_fastxent_threads_and_is_restored():
     before = numpy_blas_threads()
     if not before:
         pytest.skip("threadpoolctl does not see NumPy's BLAS here")
-    with _linear.blas_threads(1):
+    with _linear_blas.blas_threads(1):
         assert numpy_blas_threads() == [1]
     assert numpy_blas_threads() == before
 
@@ -528,7 +528,7 @@ def test_default_blocks_keep_the_scratch_within_a_tenth(n_rows, n_classes):
     assert n_rows - (blocks - 1) * rows > rows // 2 or blocks > rows // 2  # no sliver of a last block
     block = rows * n_classes * 4
     assert block + block / 10 <= 0.1 * n_rows * n_classes * 4 or block <= 2**20
-    assert rows <= max(_linear.BLOCK_ROWS, _linear.BLOCK_BYTES // (n_classes * 4))
+    assert rows <= max(_linear_blocks.BLOCK_ROWS, _linear_blocks.BLOCK_BYTES // (n_classes * 4))
 
 
 def test_small_inputs_run_as_one_block():
