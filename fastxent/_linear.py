@@ -52,7 +52,7 @@ from ._linear_classes import loss_by_classes
 from ._linear_products import Outputs
 from ._linear_rows import sweep_rows
 from ._reduction import gradient_scale
-from ._xent import DEFAULT_IGNORE_INDEX, Reduction, loss_params
+from ._xent_call import DEFAULT_IGNORE_INDEX, Reduction, loss_params
 
 __all__ = ["linear_chunk_rows", "linear_cross_entropy", "linear_cross_entropy_and_grad"]
 

@@ -20,7 +20,7 @@ from ._backends._interface import Backend, LossParams
 from ._linear_blocks import linear_chunk_rows
 from ._reduction import check_reduction
 from ._validate import float_input, index_target, integer
-from ._xent import check_ignore_index, check_options, index_summary, loss_params
+from ._xent_call import check_ignore_index, check_options, index_summary, loss_params
 
 __all__ = ["LinearCall", "prepare", "upstream_gradient"]
 

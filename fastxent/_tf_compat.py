@@ -9,7 +9,7 @@ from . import _dispatch
 from ._backends._interface import DEFAULT_PARAMS, LossParams
 from ._layout import canonical, split_shape
 from ._validate import float_input, index_target, normalize_axis
-from ._xent import XentCall, index_summary, reduce, run_kernel
+from ._xent_call import XentCall, index_summary, reduce, run_kernel
 
 __all__ = ["softmax_cross_entropy_with_logits", "sparse_softmax_cross_entropy_with_logits"]
 
