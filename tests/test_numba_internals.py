@@ -86,3 +86,13 @@ def test_hot_loops_are_vectorised():
     assert not any("call" in line and "exp" in line.lower() for line in exp_lines)
     max_asm = _max.inspect_asm(_max.signatures[0])
     assert "vpmaxsd" in max_asm and "ymm" in max_asm
+
+
+def test_cache_entries_are_stamped_with_the_whole_package():
+    # A kernel inlines helpers from other files (_simd.py into _rows.py): a change to any of them must miss the cache.
+    from fastxent._backends.numba_backend import _cache
+
+    locator = _rows.row_store_exp._cache._impl.locator
+    assert type(locator).__name__.startswith("PackageStamped")
+    assert locator.get_source_stamp()[1] == _cache.PACKAGE_STAMP
+    assert _cache.PACKAGE_STAMP == _cache._package_hash()

@@ -10,7 +10,12 @@ import numpy as np
 
 from .._interface import FloatArray, IntArray, LossParams, fill_totals, row_outputs, row_scale
 from .._interface import index_target_stats as _numpy_target_stats
-from . import _launch, _rows, _tiles
+from . import (
+    _cache,  # noqa: F401  (first: every kernel's cache entry is stamped with the package hash)
+    _launch,
+    _rows,
+    _tiles,
+)
 from ._launch import NUMBA_CONFIG
 
 
