@@ -241,6 +241,36 @@ static inline FX_ATTR void FX(fx_exp_vector)(const REAL *x, REAL *out, Py_ssize_
     *t = FX_ADD(*t, e);
 }
 
+/* sum(exp(x - shift)) over all of x[0:n] (S, the maxima included), and exp(x - shift) into out unless it is NULL (out may be x). */
+static inline FX_ATTR REAL FX(fx_sumexp_whole)(const REAL *x, REAL *out, Py_ssize_t n, REAL shift) {
+    const FX_V s = FX_SET1(shift);
+    FX_V t0 = FX_SET1(0), t1 = t0;
+    Py_ssize_t i = 0;
+    for (; i + 2 * FX_LANES <= n; i += 2 * FX_LANES) {
+        FX_V e0 = FX(fx_vexp)(FX_SUB(FX_LOAD(x + i), s));
+        FX_V e1 = FX(fx_vexp)(FX_SUB(FX_LOAD(x + i + FX_LANES), s));
+        if (out != NULL) {
+            FX_STORE(out + i, e0);
+            FX_STORE(out + i + FX_LANES, e1);
+        }
+        t0 = FX_ADD(t0, e0);
+        t1 = FX_ADD(t1, e1);
+    }
+    if (i + FX_LANES <= n) {
+        FX_V e0 = FX(fx_vexp)(FX_SUB(FX_LOAD(x + i), s));
+        if (out != NULL) FX_STORE(out + i, e0);
+        t0 = FX_ADD(t0, e0);
+        i += FX_LANES;
+    }
+    if (i < n) {
+        __m256i mask = FX_TAIL_MASK(n - i);
+        FX_V e1 = FX(fx_vexp)(FX_SUB(FX_MASKLOAD(x + i, mask), s));
+        if (out != NULL) FX_MASKSTORE(out + i, mask, e1);
+        t1 = FX_ADD(t1, e1);
+    }
+    return FX(fx_hsum)(FX_ADD(t0, t1));
+}
+
 /* sum(exp(x - shift)) over x[0:n] but for the element at `skip` (none if
  * skip < 0 or >= n); exp(x - shift) of every element into out unless it is
  * NULL (out may be x). Leaving the first maximum (exp 1) out of the sum
@@ -276,6 +306,23 @@ static FX_ATTR REAL FX(fx_max)(const REAL *x, Py_ssize_t n) {
 #pragma omp simd reduction(max : best)
     for (Py_ssize_t i = 0; i < n; i++) best = x[i] > best ? x[i] : best;
     return best;
+}
+
+/* sum(exp(x - shift)) over all of x[0:n], and exp(x - shift) into out unless it is NULL (out may be x). */
+static inline FX_ATTR REAL FX(fx_sumexp_whole)(const REAL *x, REAL *out, Py_ssize_t n, REAL shift) {
+    REAL total = 0;
+    if (out == NULL) {
+#pragma omp simd reduction(+ : total)
+        for (Py_ssize_t i = 0; i < n; i++) total += FX(fx_exp)(x[i] - shift);
+    } else {
+#pragma omp simd reduction(+ : total)
+        for (Py_ssize_t i = 0; i < n; i++) {
+            REAL e = FX(fx_exp)(x[i] - shift);
+            out[i] = e;
+            total += e;
+        }
+    }
+    return total;
 }
 
 /* As the AVX2 versions above: the first index of value (-1 if none), and the sum but for `skip`. */
@@ -472,7 +519,7 @@ static FX_ATTR double FX(fx_shift_sum)(const REAL *x, Py_ssize_t n, REAL *shift_
             total *= FX(fx_exp)(best - chunk_max);
             best = chunk_max;
         }
-        total += FX(fx_sumexp_store)(x + start, NULL, len, best == -INFINITY ? (REAL)0 : best, -1);
+        total += FX(fx_sumexp_whole)(x + start, NULL, len, best == -INFINITY ? (REAL)0 : best);
     }
     *shift_out = best == -INFINITY ? (REAL)0 : best;
     return total >= 2.0 ? total - 1.0 : FX(fx_shift_sum_exact)(x, n);
@@ -487,7 +534,7 @@ static FX_ATTR double FX(fx_store_exp)(const REAL *x, REAL *out, Py_ssize_t n, R
     double total = 0;
     for (Py_ssize_t start = 0; start < n; start += FX_CHUNK) {
         Py_ssize_t len = n - start < FX_CHUNK ? n - start : FX_CHUNK;
-        total += FX(fx_sumexp_store)(x + start, out + start, len, shift, -1);
+        total += FX(fx_sumexp_whole)(x + start, out + start, len, shift);
     }
     *shift_out = shift;
     return total >= 2.0 ? total - 1.0 : FX(fx_rest_from_exps)(out, n);
