@@ -90,8 +90,10 @@ OPENMP = bool(FX_OPENMP)
 #: earlier 2**15 predates the per-call overhead cuts.
 SERIAL_BELOW = 1 << 13
 cdef Py_ssize_t serial_below = SERIAL_BELOW
-#: Bytes of logits per tile when the class axis is not last.
-TILE_BYTES = 32 * 1024
+#: Bytes of logits per tile when the class axis is not last. A tile's classes lie a power-of-two stride apart
+#: in (N, C, H, W) logits, so they share L1 sets: half of L1 keeps them there for the second sweep
+#: (8x21x256x256 float32, 1 thread: 1.02 -> 0.85 ns per element for the loss, 1.82 -> 1.62 with the gradient).
+TILE_BYTES = 16 * 1024
 
 # A forked child has none of the parent's pool threads (and a pool mutex may
 # have been held at the fork): a forked child runs every kernel serially.
