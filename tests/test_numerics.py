@@ -179,7 +179,7 @@ class TestShortRowAccuracy:
         assert ulps.max() <= 8
         # The loss alone may take another path than the loss with its gradient: equal within rounding.
         alone = fastxent.cross_entropy(logits, np.zeros(rows, np.int64), reduction="none")
-        np.testing.assert_allclose(alone, loss, rtol=4 * np.finfo(dtype).eps)
+        np.testing.assert_allclose(alone, loss, rtol=8 * np.finfo(dtype).eps)
         np.testing.assert_allclose(grad[:, 0], np.expm1(-exact).astype(np.float64), rtol=16 * np.finfo(dtype).eps)
 
     @pytest.mark.parametrize("dtype", [np.float32, np.float64])
