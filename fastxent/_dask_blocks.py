@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _linear, _normalize, _xent
+from ._dispatch import backend_choice, use_backend
 from ._reduction import Partials, gradient_scale
 from ._validate import check_index_range
 from ._xent import Reduction
@@ -115,14 +116,56 @@ class Unwrap:
     def __call__(self, *args: object, **kwargs: object) -> Any:
         return self.func(*map(_single, args), **kwargs)
 
-    def __dask_tokenize__(self) -> tuple[str, Callable[..., Any]]:
-        return ("fastxent.Unwrap", self.func)
+    def __dask_tokenize__(self) -> tuple[str, object]:
+        return ("fastxent.Unwrap", _token(self.func))
+
+
+def _token(func: Callable[..., Any]) -> object:
+    """Dask's token of a wrapped function: a token is hashed from its ``repr``, and a wrapper's holds its address."""
+    from dask.base import normalize_token  # only Dask calls this, so only Dask needs importing
+
+    return normalize_token(func)
 
 
 def _single(value: object) -> object:
     while isinstance(value, list):
         (value,) = value
     return value
+
+
+class InBackend:
+    """``func`` run inside ``use_backend(backend)``, in whatever thread or process runs the task.
+
+    The caller's :func:`fastxent.use_backend` (a context variable of its
+    thread) and :func:`fastxent.set_backend` (its process) do not reach Dask's
+    workers; the name travels in the task instead, and is part of its token,
+    so graphs built for different backends do not share keys.
+    ``__wrapped__`` lets Dask read ``func``'s signature (``computing_meta``).
+    """
+
+    __slots__ = ("__name__", "__wrapped__", "backend")
+
+    def __init__(self, func: Callable[..., Any], backend: str) -> None:
+        self.__wrapped__ = func
+        self.backend = backend
+        self.__name__ = getattr(func, "func", func).__name__
+
+    def __call__(self, *args: object, **kwargs: object) -> Any:
+        with use_backend(self.backend):
+            return self.__wrapped__(*args, **kwargs)
+
+    def __dask_tokenize__(self) -> tuple[str, object, str]:
+        return ("fastxent.InBackend", _token(self.__wrapped__), self.backend)
+
+
+def in_backend(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` as a task that runs with the backend chosen where the graph is built.
+
+    With ``"auto"`` it is ``func`` itself: each worker resolves its own
+    ``auto`` (its ``set_backend``, ``FASTXENT_BACKEND``, the size of the block).
+    """
+    choice = backend_choice()
+    return func if choice == "auto" else InBackend(func, choice)
 
 
 # ---------------------------------------------------------------------------

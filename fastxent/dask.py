@@ -31,6 +31,15 @@ How the work splits (see ``docs/scaling.md``):
   (and ``bias``, ``class_weight``) is a single key of the graph, so each
   worker receives it once and every task there reuses it.
 
+Backends: the backend chosen where a graph is built (:func:`fastxent.use_backend`,
+which holds for its thread only, :func:`fastxent.set_backend` or
+``FASTXENT_BACKEND``) goes with every task of the graph, so that Dask's
+threads and a cluster's worker processes run it too; a worker that cannot
+load it raises :class:`fastxent.BackendUnavailableError`. With ``"auto"``
+each worker resolves its own (its ``set_backend``, its ``FASTXENT_BACKEND``,
+else ``auto`` by the size of the block). The name is part of the graph's
+keys: results computed with different backends never stand in for each other.
+
 Threads: on a ``distributed`` cluster each task's kernel runs one thread per
 worker thread. Dask's nanny starts worker processes with
 ``OMP_NUM_THREADS=1`` (the ``distributed.nanny.pre-spawn-environ`` setting),
@@ -132,7 +141,7 @@ def _options(
 
 def _blockwise(func: Any, out_ind: tuple[str, ...], *args: Any, **kwargs: Any) -> da.Array:
     """:func:`dask.array.blockwise` of a block function that gets each contracted axis's single block as is."""
-    return da.blockwise(blocks.Unwrap(func), out_ind, *args, concatenate=False, **kwargs)
+    return da.blockwise(blocks.Unwrap(blocks.in_backend(func)), out_ind, *args, concatenate=False, **kwargs)
 
 
 def _reduce_partials(partials: da.Array, opts: blocks.Options, dtype: np.dtype) -> da.Array:
@@ -141,9 +150,11 @@ def _reduce_partials(partials: da.Array, opts: blocks.Options, dtype: np.dtype) 
         partials = partials[None]
     return da.reduction(
         partials,
-        chunk=blocks.keep,
-        combine=blocks.combine_partials,
-        aggregate=partial(blocks.finish_partials, reduction=opts.reduction, z_loss=opts.z_loss, dtype=dtype),
+        chunk=blocks.in_backend(blocks.keep),
+        combine=blocks.in_backend(blocks.combine_partials),
+        aggregate=blocks.in_backend(
+            partial(blocks.finish_partials, reduction=opts.reduction, z_loss=opts.z_loss, dtype=dtype)
+        ),
         axis=tuple(range(partials.ndim)),
         keepdims=False,
         dtype=dtype,
@@ -289,7 +300,7 @@ class _Xent:
         # All class blocks of a row block in one task (their stats are 24 bytes a row): measured
         # faster than dask.array.reduction's tree (split_every 4 or 32), most with many class blocks.
         combined = da.blockwise(
-            partial(blocks.combine_stats, axis=(self.ca,), keepdims=False),
+            blocks.in_backend(partial(blocks.combine_stats, axis=(self.ca,), keepdims=False)),
             (*self.t_ind, _STATS), per_block, (*self.l_ind, _STATS),
             concatenate=True, meta=_meta(len(self.t_ind) + 1, _F64),
         )  # fmt: skip
@@ -315,9 +326,9 @@ class _Xent:
             per_block = per_block[None]
         total = da.reduction(
             per_block,
-            chunk=blocks.keep,
-            combine=blocks.combine_partials,
-            aggregate=blocks.combine_partials,
+            chunk=blocks.in_backend(blocks.keep),
+            combine=blocks.in_backend(blocks.combine_partials),
+            aggregate=blocks.in_backend(blocks.combine_partials),
             axis=tuple(range(per_block.ndim)),
             keepdims=False,
             dtype=_OBJECT,
@@ -542,9 +553,9 @@ def _lse(x: da.Array, axes: tuple[int, ...], keepdims: bool, dtype: np.dtype) ->
     """The log-sum-exp over ``axes`` split in chunks: a tree reduction of blocks' log-sum-exps."""
     return da.reduction(
         x,
-        chunk=blocks.lse_block,
-        combine=blocks.lse_block,
-        aggregate=partial(blocks.lse_final, dtype=dtype),
+        chunk=blocks.in_backend(blocks.lse_block),
+        combine=blocks.in_backend(blocks.lse_block),
+        aggregate=blocks.in_backend(partial(blocks.lse_final, dtype=dtype)),
         axis=axes,
         keepdims=keepdims,
         dtype=dtype,
@@ -556,10 +567,16 @@ def _lse(x: da.Array, axes: tuple[int, ...], keepdims: bool, dtype: np.dtype) ->
 def _normalized(x: object, axis: object, function: Any, log: bool) -> da.Array:
     array, axes, dtype = _normalize_input(x, axis, function)
     if _in_one_chunk(array, axes):
-        return da.map_blocks(partial(function, axis=axis), array, dtype=dtype, meta=_meta(array.ndim, dtype))
+        return da.map_blocks(
+            blocks.in_backend(partial(function, axis=axis)), array, dtype=dtype, meta=_meta(array.ndim, dtype)
+        )
     lse = _lse(array, axes, True, blocks.compute_dtype(dtype))
     return da.map_blocks(
-        partial(blocks.from_lse, log=log, dtype=dtype), array, lse, dtype=dtype, meta=_meta(array.ndim, dtype)
+        blocks.in_backend(partial(blocks.from_lse, log=log, dtype=dtype)),
+        array,
+        lse,
+        dtype=dtype,
+        meta=_meta(array.ndim, dtype),
     )
 
 
