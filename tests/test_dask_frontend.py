@@ -33,7 +33,7 @@ dask = require_frontend("dask")
 da = require_frontend("dask", "dask.array")
 distributed = require_frontend("dask", "distributed")
 fd = require_frontend("dask", "fastxent.dask")
-InBackend = require_frontend("dask", "fastxent._dask_blocks").InBackend
+InBackend = require_frontend("dask", "fastxent.dask._tasks").InBackend
 
 SYNC = {"scheduler": "sync"}
 OPTIONS = [
