@@ -5,6 +5,6 @@ FASTXENT_REQUIRE_FRONTENDS names them)."""
 import importlib.util
 
 # framework -> its front-end; a package is ignored whole (each of its modules imports the framework).
-_FRONTENDS = {"torch": "fastxent/torch", "jax": "fastxent/jax", "dask": "fastxent/dask.py"}
+_FRONTENDS = {"torch": "fastxent/torch", "jax": "fastxent/jax", "dask": "fastxent/dask"}
 
 collect_ignore = [path for name, path in _FRONTENDS.items() if importlib.util.find_spec(name) is None]

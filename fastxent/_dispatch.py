@@ -23,6 +23,7 @@ from ._backends._interface import Backend
 __all__ = [
     "BackendUnavailableError",
     "available_backends",
+    "backend_choice",
     "backend_errors",
     "current_backend",
     "get_backend",
@@ -124,6 +125,26 @@ def _choice() -> tuple[str, str]:
     if _process_choice is not None:
         return _process_choice, "set_backend"
     return _check_name(_ENV_BACKEND, "FASTXENT_BACKEND"), "FASTXENT_BACKEND"
+
+
+def backend_choice() -> str:
+    """The backend name in force for this thread, ``"auto"`` included, without loading a backend.
+
+    What work sent to other threads or processes (a Dask graph's tasks) needs
+    in order to run with the caller's choice: :func:`use_backend` and
+    :func:`set_backend` do not reach them.
+
+    Returns
+    -------
+    str
+        One of ``"auto"``, ``"numba"``, ``"cython"``, ``"numpy"``.
+
+    Raises
+    ------
+    ValueError
+        If ``FASTXENT_BACKEND`` holds an unknown name.
+    """
+    return _choice()[0]
 
 
 def _size_of(input: object) -> int | None:

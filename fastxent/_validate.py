@@ -88,6 +88,27 @@ def integer(value: object, name: str) -> int:
     return int(value)
 
 
+def target_shape_error(
+    target: np.ndarray, shape: tuple[int, ...], index_shape: tuple[int, ...]
+) -> TypeError | ValueError:
+    """The error for a target whose shape does not fit its dtype, for input of shape ``shape``.
+
+    Class indices (an integer dtype) need ``index_shape``, class probabilities
+    ``shape``; probabilities of the indices' shape get a ``TypeError`` that
+    says so. Shared with the Dask front-end, whose target may be a Dask array
+    (only its shape and dtype are read).
+    """
+    if target.dtype.kind not in "iu" and target.shape == index_shape:
+        return TypeError(
+            f"target of dtype {target.dtype} is read as class probabilities, which "
+            f"need the input's shape {shape}; class indices need an integer dtype"
+        )
+    return ValueError(
+        f"target must have shape {index_shape} (class indices) or {shape} "
+        f"(class probabilities) for input of shape {shape}; got {target.shape}"
+    )
+
+
 def index_target(target: np.ndarray, name: str) -> np.ndarray:
     """Class indices as native int32 or int64; int32 and int64 are not copied.
 

@@ -22,7 +22,15 @@ from . import _dispatch
 from ._backends._interface import DEFAULT_PARAMS, Backend, LossParams
 from ._layout import canonical, split_shape
 from ._reduction import check_reduction, finish
-from ._validate import COMPUTE_DTYPES, check_index_range, float_input, index_target, integer, real_number
+from ._validate import (
+    COMPUTE_DTYPES,
+    check_index_range,
+    float_input,
+    index_target,
+    integer,
+    real_number,
+    target_shape_error,
+)
 
 Reduction = Literal["none", "mean", "sum"]
 DEFAULT_IGNORE_INDEX = -100
@@ -152,10 +160,7 @@ def prepare(
     kind = target_array.dtype.kind
     if kind == "i" or kind == "u":
         if target_array.shape != index_shape:
-            raise ValueError(
-                f"target must have shape {index_shape} (class indices) or {shape} "
-                f"(class probabilities) for input of shape {shape}; got {target_array.shape}"
-            )
+            raise target_shape_error(target_array, shape, index_shape)
         indices = index_target(target_array, "target").reshape(b, k)
         valid, divisor = index_summary(backend, indices, weights, n_classes, ignore, "target", index_shape)
         return _new_call((
@@ -168,15 +173,7 @@ def prepare(
         )
     target_input = float_input(target_array, "target")
     if target_array.shape != shape:
-        if target_array.shape == index_shape:
-            raise TypeError(
-                f"target of dtype {target_array.dtype} is read as class probabilities, which "
-                f"need the input's shape {shape}; class indices need an integer dtype"
-            )
-        raise ValueError(
-            f"target must have shape {index_shape} (class indices) or {shape} "
-            f"(class probabilities) for input of shape {shape}; got {target_array.shape}"
-        )
+        raise target_shape_error(target_array, shape, index_shape)
     if ignore != DEFAULT_IGNORE_INDEX:
         raise ValueError(
             f"ignore_index={ignore} is not supported with class-probability targets "

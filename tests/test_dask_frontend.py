@@ -1,29 +1,39 @@
 """fastxent.dask against the in-memory functions: synchronous, threaded and a real LocalCluster.
 
+The comparisons run once per backend (the ``backend`` fixture of
+``tests/conftest.py``, in force through ``fastxent.use_backend``) against the
+in-memory function under the same backend, on Dask's synchronous and
+threaded schedulers; a cluster's workers are checked to run the caller's
+backend too.
+
 ``FASTXENT_REQUIRE_FRONTENDS=dask`` makes a missing Dask (or distributed)
 fail this module instead of skipping it (``tests/frontends.py``).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
 from frontends import require_frontend
 
 import fastxent
+from fastxent import _dispatch
 from fastxent._linear import linear_cross_entropy as np_linear_cross_entropy
 
 dask = require_frontend("dask")
 da = require_frontend("dask", "dask.array")
 distributed = require_frontend("dask", "distributed")
 fd = require_frontend("dask", "fastxent.dask")
+InBackend = require_frontend("dask", "fastxent.dask._tasks").InBackend
 
 SYNC = {"scheduler": "sync"}
 OPTIONS = [
@@ -35,6 +45,12 @@ OPTIONS = [
     {"weight": True, "label_smoothing": 0.2, "z_loss": 0.1, "softcap": 2.0},
 ]
 OPTION_IDS = ["plain", "weight", "smoothing", "z_loss", "softcap", "all"]
+
+
+@pytest.fixture(params=["sync", "threads"])
+def scheduler(request):
+    """``compute`` arguments: Dask's synchronous scheduler, or its threaded one with two workers."""
+    return SYNC if request.param == "sync" else {"scheduler": "threads", "num_workers": 2}
 
 
 def _problem(shape=(37, 50), dtype=np.float32, seed=0, ignore=(3,)):
@@ -68,38 +84,39 @@ def test_import_fastxent_does_not_import_dask():
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
-def test_rows_none_is_bitwise(options):
+def test_rows_none_is_bitwise(options, backend, scheduler):
     x, target, weight = _problem()
     kwargs = _kwargs(options, weight)
     lazy = fd.cross_entropy(da.from_array(x, chunks=(8, 50)), target, reduction="none", **kwargs)
     assert isinstance(lazy, da.Array) and lazy.chunks == ((8, 8, 8, 8, 5),)
-    np.testing.assert_array_equal(lazy.compute(**SYNC), fastxent.cross_entropy(x, target, reduction="none", **kwargs))
-    loss, grad = fd.cross_entropy_and_grad(da.from_array(x, chunks=(8, 50)), target, reduction="none", **kwargs)
+    pair = fd.cross_entropy_and_grad(da.from_array(x, chunks=(8, 50)), target, reduction="none", **kwargs)
+    only_loss, loss, grad = dask.compute(lazy, *pair, **scheduler)
+    np.testing.assert_array_equal(only_loss, fastxent.cross_entropy(x, target, reduction="none", **kwargs))
     expected_loss, expected_grad = fastxent.cross_entropy_and_grad(x, target, reduction="none", **kwargs)
-    np.testing.assert_array_equal(loss.compute(**SYNC), expected_loss)
-    np.testing.assert_array_equal(grad.compute(**SYNC), expected_grad)
+    np.testing.assert_array_equal(loss, expected_loss)
+    np.testing.assert_array_equal(grad, expected_grad)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
-def test_rows_reduced(reduction, options):
+def test_rows_reduced(reduction, options, backend, scheduler):
     x, target, weight = _problem()
     kwargs = _kwargs(options, weight)
     logits = da.from_array(x, chunks=(8, 50))
     loss = fd.cross_entropy(logits, target, reduction=reduction, **kwargs)
     assert loss.shape == () and loss.dtype == np.float32
     assert fd.cross_entropy(logits, target, reduction=reduction, **kwargs).name == loss.name  # deterministic graph
-    expected = fastxent.cross_entropy(x, target, reduction=reduction, **kwargs)
-    _close(loss.compute(**SYNC), expected, rtol=1e-6)
-    lazy_loss, lazy_grad = fd.cross_entropy_and_grad(logits, target, reduction=reduction, grad_output=0.5, **kwargs)
+    pair = fd.cross_entropy_and_grad(logits, target, reduction=reduction, grad_output=0.5, **kwargs)
+    loss, lazy_loss, lazy_grad = dask.compute(loss, *pair, **scheduler)
+    _close(loss, fastxent.cross_entropy(x, target, reduction=reduction, **kwargs), rtol=1e-6)
     expected_loss, expected_grad = fastxent.cross_entropy_and_grad(
         x, target, reduction=reduction, grad_output=0.5, **kwargs
     )
-    _close(lazy_loss.compute(**SYNC), expected_loss, rtol=1e-6)
-    _close(lazy_grad.compute(**SYNC), expected_grad, rtol=1e-6, atol=1e-9)
+    _close(lazy_loss, expected_loss, rtol=1e-6)
+    _close(lazy_grad, expected_grad, rtol=1e-6, atol=1e-9)
 
 
-def test_rows_nd_and_probabilities():
+def test_rows_nd_and_probabilities(backend, scheduler):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((6, 5, 4, 3))
     index = rng.integers(0, 5, (6, 4, 3))
@@ -108,38 +125,38 @@ def test_rows_nd_and_probabilities():
     logits = da.from_array(x, chunks=(2, 5, 2, 3))
     for target in (index, probs):
         np.testing.assert_array_equal(
-            fd.cross_entropy(logits, target, reduction="none", label_smoothing=0.1).compute(**SYNC),
+            fd.cross_entropy(logits, target, reduction="none", label_smoothing=0.1).compute(**scheduler),
             fastxent.cross_entropy(x, target, reduction="none", label_smoothing=0.1),
         )
         _close(
-            fd.cross_entropy(logits, target, z_loss=0.1).compute(**SYNC),
+            fd.cross_entropy(logits, target, z_loss=0.1).compute(**scheduler),
             fastxent.cross_entropy(x, target, z_loss=0.1),
             1e-12,
         )
-        loss, grad = fd.cross_entropy_and_grad(logits, target)
+        loss, grad = dask.compute(*fd.cross_entropy_and_grad(logits, target), **scheduler)
         expected_loss, expected_grad = fastxent.cross_entropy_and_grad(x, target)
-        _close(loss.compute(**SYNC), expected_loss, 1e-12)
-        _close(grad.compute(**SYNC), expected_grad, 1e-12, 1e-15)
+        _close(loss, expected_loss, 1e-12)
+        _close(grad, expected_grad, 1e-12, 1e-15)
 
 
-def test_all_ignored_mean_is_nan_and_one_block_is_the_in_memory_call():
+def test_all_ignored_mean_is_nan_and_one_block_is_the_in_memory_call(backend, scheduler):
     x, target, _ = _problem(ignore=range(37))
-    assert np.isnan(fd.cross_entropy(da.from_array(x, chunks=(8, 50)), target).compute(**SYNC))
-    assert np.isnan(fd.cross_entropy(da.from_array(x, chunks=(8, 25)), target).compute(**SYNC))
+    assert np.isnan(fd.cross_entropy(da.from_array(x, chunks=(8, 50)), target).compute(**scheduler))
+    assert np.isnan(fd.cross_entropy(da.from_array(x, chunks=(8, 25)), target).compute(**scheduler))
     x, target, _ = _problem()
-    whole = fd.cross_entropy(da.from_array(x, chunks=-1), target, z_loss=0.1).compute(**SYNC)
+    whole = fd.cross_entropy(da.from_array(x, chunks=-1), target, z_loss=0.1).compute(**scheduler)
     assert whole == fastxent.cross_entropy(x, target, z_loss=0.1)
 
 
-def test_grad_output_per_row_and_lazy_scalar():
+def test_grad_output_per_row_and_lazy_scalar(backend, scheduler):
     x, target, _ = _problem()
     logits = da.from_array(x, chunks=(8, 50))
     upstream = np.random.default_rng(5).random(37)
     _, grad = fd.cross_entropy_and_grad(logits, target, reduction="none", grad_output=da.from_array(upstream, 10))
     expected = fastxent.cross_entropy_and_grad(x, target, reduction="none", grad_output=upstream)[1]
-    np.testing.assert_array_equal(grad.compute(**SYNC), expected)
+    np.testing.assert_array_equal(grad.compute(**scheduler), expected)
     _, grad = fd.cross_entropy_and_grad(logits, target, grad_output=da.from_array(np.float64(2.0)))
-    _close(grad.compute(**SYNC), fastxent.cross_entropy_and_grad(x, target, grad_output=2.0)[1], 1e-6, 1e-9)
+    _close(grad.compute(**scheduler), fastxent.cross_entropy_and_grad(x, target, grad_output=2.0)[1], 1e-6, 1e-9)
 
 
 # ---------------------------------------------------------------------------
@@ -148,19 +165,22 @@ def test_grad_output_per_row_and_lazy_scalar():
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
-def test_class_chunks(reduction, options):
+def test_class_chunks(reduction, options, backend, scheduler):
     x, target, weight = _problem()
     kwargs = _kwargs(options, weight)
     logits = da.from_array(x, chunks=(8, 16))
     expected_loss, expected_grad = fastxent.cross_entropy_and_grad(x, target, reduction=reduction, **kwargs)
-    _close(fd.cross_entropy(logits, target, reduction=reduction, **kwargs).compute(**SYNC), expected_loss, 2e-6, 1e-6)
-    loss, grad = fd.cross_entropy_and_grad(logits, target, reduction=reduction, **kwargs)
-    _close(loss.compute(**SYNC), expected_loss, 2e-6, 1e-6)
-    _close(grad.compute(**SYNC), expected_grad, 1e-6, 1e-7)
+    pair = fd.cross_entropy_and_grad(logits, target, reduction=reduction, **kwargs)
+    only_loss, loss, grad = dask.compute(
+        fd.cross_entropy(logits, target, reduction=reduction, **kwargs), *pair, **scheduler
+    )  # one computation: the class blocks' statistics are shared
+    _close(only_loss, expected_loss, 2e-6, 1e-6)
+    _close(loss, expected_loss, 2e-6, 1e-6)
+    _close(grad, expected_grad, 1e-6, 1e-7)
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean"])
-def test_class_chunks_probabilities_nd(reduction):
+def test_class_chunks_probabilities_nd(reduction, backend, scheduler):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((6, 9, 4))
     probs = rng.random(x.shape)
@@ -169,19 +189,19 @@ def test_class_chunks_probabilities_nd(reduction):
     kwargs = {"weight": weight, "label_smoothing": 0.1, "z_loss": 0.1, "softcap": 2.0}
     logits = da.from_array(x, chunks=(4, 4, 2))
     expected_loss, expected_grad = fastxent.cross_entropy_and_grad(x, probs, reduction=reduction, **kwargs)
-    loss, grad = fd.cross_entropy_and_grad(logits, probs, reduction=reduction, **kwargs)
-    _close(loss.compute(**SYNC), expected_loss, 1e-12)
-    _close(grad.compute(**SYNC), expected_grad, 0, 1e-14)
+    loss, grad = dask.compute(*fd.cross_entropy_and_grad(logits, probs, reduction=reduction, **kwargs), **scheduler)
+    _close(loss, expected_loss, 1e-12)
+    _close(grad, expected_grad, 0, 1e-14)
 
 
-def test_class_chunks_with_a_block_of_minus_inf():
+def test_class_chunks_with_a_block_of_minus_inf(backend, scheduler):
     """A row whose logits are -inf over a whole class block (a masked vocabulary range) gets zeros there."""
     x, target, _ = _problem()
     x[4, 16:32] = -np.inf
     target[4] = 40
     expected_loss, expected_grad = fastxent.cross_entropy_and_grad(x, target, reduction="none", label_smoothing=0.0)
     loss, grad = fd.cross_entropy_and_grad(da.from_array(x, chunks=(8, 16)), target, reduction="none")
-    loss, grad = dask.compute(loss, grad, **SYNC)
+    loss, grad = dask.compute(loss, grad, **scheduler)
     _close(loss, expected_loss, 2e-6)
     _close(grad, expected_grad, 1e-6, 1e-7)
     assert not grad[4, 16:32].any()
@@ -221,11 +241,11 @@ NORMALIZERS = {"softmax": fd.softmax, "log_softmax": fd.log_softmax, "logsumexp"
 
 @pytest.mark.parametrize("name", NORMALIZERS)
 @pytest.mark.parametrize(("chunks", "axis"), [((2, 5, 4), -1), ((2, 2, 4), 1), ((3, 2, 2), (0, 2)), ((2, 2, 2), None)])
-def test_normalizers(name, chunks, axis):
+def test_normalizers(name, chunks, axis, backend, scheduler):
     x = np.random.default_rng(7).standard_normal((6, 5, 4)).astype(np.float32)
     lazy = NORMALIZERS[name](da.from_array(x, chunks=chunks), axis=axis)
     expected = getattr(fastxent, name)(x, axis=axis)
-    actual = lazy.compute(**SYNC)
+    actual = lazy.compute(**scheduler)
     assert actual.dtype == expected.dtype and actual.shape == np.shape(expected)
     if chunks == (2, 5, 4):  # the reduced axis in one chunk: one in-memory call per block
         np.testing.assert_array_equal(actual, expected)
@@ -234,10 +254,10 @@ def test_normalizers(name, chunks, axis):
 
 
 @pytest.mark.parametrize("keepdims", [False, True])
-def test_logsumexp_keepdims_and_half(keepdims):
+def test_logsumexp_keepdims_and_half(keepdims, backend, scheduler):
     x = np.random.default_rng(8).standard_normal((6, 8)).astype(np.float16)
     for chunks in ((3, 8), (3, 3)):
-        actual = fd.logsumexp(da.from_array(x, chunks=chunks), axis=1, keepdims=keepdims).compute(**SYNC)
+        actual = fd.logsumexp(da.from_array(x, chunks=chunks), axis=1, keepdims=keepdims).compute(**scheduler)
         expected = fastxent.logsumexp(x, axis=1, keepdims=keepdims)
         assert actual.dtype == np.float16 and actual.shape == expected.shape
         if chunks == (3, 8):
@@ -261,7 +281,7 @@ def _linear_problem(seed=9):
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_linear(reduction):
+def test_linear(reduction, backend, scheduler):
     hidden, weight, bias, target = _linear_problem()
     kwargs = {"class_weight": np.linspace(0.5, 1.5, 30, dtype=np.float32), "label_smoothing": 0.1, "z_loss": 0.05}
     lazy = fd.linear_cross_entropy(
@@ -269,9 +289,9 @@ def test_linear(reduction):
     )
     expected = np_linear_cross_entropy(hidden, weight, target, bias, reduction=reduction, chunk_rows=8, **kwargs)
     if reduction == "none":  # Dask blocks of chunk_rows rows: the same products, bitwise
-        np.testing.assert_array_equal(lazy.compute(**SYNC), expected)
+        np.testing.assert_array_equal(lazy.compute(**scheduler), expected)
     else:
-        _close(lazy.compute(**SYNC), expected, 1e-6)
+        _close(lazy.compute(**scheduler), expected, 1e-6)
 
 
 def test_linear_weight_is_one_key_of_the_graph():
@@ -282,6 +302,77 @@ def test_linear_weight_is_one_key_of_the_graph():
     graph = dict(optimized.__dask_graph__())
     assert len(graph) > 10
     assert len(pickle.dumps(graph)) < 1.5 * weight.nbytes
+
+
+# ---------------------------------------------------------------------------
+# The caller's backend goes with every task
+
+
+def _graph(kind):
+    """A lazy result (or several) of one kind of graph: together, every path and every kind of task."""
+    x, target, weight = _problem(shape=(12, 10))
+    kwargs = {"weight": weight, "z_loss": 0.1}
+    rows, classes = da.from_array(x, chunks=(4, 10)), da.from_array(x, chunks=(4, 5))
+    if kind == "linear":
+        hidden, layer, bias, labels = _linear_problem()
+        hidden = da.from_array(hidden, chunks=(8, 16))
+        return [fd.linear_cross_entropy(hidden, layer, labels, bias, reduction=r) for r in ("none", "mean")]
+    return {
+        "rows-none": lambda: fd.cross_entropy_and_grad(rows, target, reduction="none", **kwargs),
+        "rows-mean": lambda: fd.cross_entropy_and_grad(rows, target, **kwargs),
+        "one-block": lambda: fd.cross_entropy_and_grad(da.from_array(x, chunks=-1), target, **kwargs),
+        "classes-none": lambda: fd.cross_entropy_and_grad(classes, target, reduction="none", **kwargs),
+        "classes-mean": lambda: fd.cross_entropy_and_grad(classes, target, **kwargs),
+        "classes-loss": lambda: fd.cross_entropy(classes, target, **kwargs),
+        "softmax": lambda: (fd.softmax(rows), fd.log_softmax(classes)),
+        "logsumexp": lambda: (fd.logsumexp(rows), fd.logsumexp(classes, keepdims=True)),
+    }[kind]()
+
+
+GRAPHS = ["rows-none", "rows-mean", "one-block", "classes-none", "classes-mean", "classes-loss", "softmax",
+          "logsumexp", "linear"]  # fmt: skip
+
+
+class _TaskFunctions(pickle.Pickler):
+    """Pickles a graph as the scheduler ships it, noting the backend of each ``InBackend`` and any fastxent
+    function outside one (what a worker would run with its own default)."""
+
+    def __init__(self) -> None:
+        super().__init__(io.BytesIO())
+        self.backends: list[str] = []
+        self.bare: set[str] = set()
+
+    def persistent_id(self, obj):
+        if isinstance(obj, InBackend):
+            self.backends.append(obj.backend)
+            return len(self.backends)  # what it wraps runs inside it: not looked into
+        if isinstance(obj, types.FunctionType) and obj.__module__.startswith("fastxent"):
+            self.bare.add(obj.__qualname__)
+        return None
+
+
+def _task_functions(lazy):
+    graph = {}
+    for array in lazy if isinstance(lazy, tuple | list) else (lazy,):
+        graph.update(array.__dask_graph__())
+    pickler = _TaskFunctions()
+    pickler.dump(graph)
+    return pickler
+
+
+@pytest.mark.parametrize("kind", GRAPHS)
+def test_every_task_carries_the_callers_backend(kind, backend):
+    with fastxent.use_backend("auto"):
+        auto = _graph(kind)
+    chosen = _graph(kind)
+    found = _task_functions(chosen)
+    assert found.backends and set(found.backends) == {backend}, found.backends
+    assert not found.bare, f"fastxent functions run without the caller's backend: {sorted(found.bare)}"
+    # With "auto" each worker resolves its own; the graphs' keys differ, so results never mix.
+    found = _task_functions(auto)
+    assert not found.backends and found.bare
+    chosen, auto = (a if isinstance(a, tuple | list) else (a,) for a in (chosen, auto))
+    assert not {array.name for array in chosen} & {array.name for array in auto}
 
 
 # ---------------------------------------------------------------------------
@@ -396,6 +487,42 @@ def test_cluster_results_equal_in_memory(client):
 def _fetches(dask_worker, key):
     """How many times this worker received keys named ``key`` from another worker."""
     return sum(1 for transfer in dask_worker.transfer_incoming_log for k in transfer["keys"] if key in str(k))
+
+
+def _set_backend(name):
+    """``fastxent.set_backend`` in a worker; None forgets it (``FASTXENT_BACKEND`` or ``auto`` again)."""
+    if name is None:
+        _dispatch._process_choice = None
+    else:
+        fastxent.set_backend(name)
+
+
+def test_cluster_runs_the_callers_backend(client, backend):
+    """Workers whose own default is another backend run every task with the caller's ``use_backend``."""
+    other = next((name for name in fastxent.available_backends() if name != backend), backend)
+    x, target, weight = _problem(shape=(40, 24), seed=13)
+    kwargs = {"weight": weight, "label_smoothing": 0.1, "z_loss": 0.01}
+    rows, classes = da.from_array(x, chunks=(10, 24)), da.from_array(x, chunks=(10, 8))
+    lazy = [
+        fd.cross_entropy(rows, target, reduction="none", **kwargs),
+        fd.softmax(classes),
+        *fd.cross_entropy_and_grad(classes, target, **kwargs),
+    ]
+    client.run(_set_backend, other)
+    try:
+        assert set(client.run(fastxent.get_backend).values()) == {other}
+        probe = client.submit(InBackend(fastxent.get_backend, backend), pure=False)
+        assert probe.result(timeout=30) == backend
+        on_cluster = client.compute(lazy, sync=True)
+    finally:
+        client.run(_set_backend, None)
+    expected = fastxent.cross_entropy(x, target, reduction="none", **kwargs)
+    np.testing.assert_array_equal(on_cluster[0], expected)
+    for actual, local in zip(on_cluster, dask.compute(*lazy, **SYNC)):
+        np.testing.assert_array_equal(actual, local)
+    with fastxent.use_backend(other):
+        elsewhere = fastxent.cross_entropy(x, target, reduction="none", **kwargs)
+    assert other == backend or not np.array_equal(expected, elsewhere), "no test: the backends agree bitwise here"
 
 
 def test_cluster_tasks_run_one_kernel_thread(client):

@@ -57,6 +57,23 @@ def test_set_backend_is_process_wide(monkeypatch):
     assert fastxent.get_backend() == fastxent.available_backends()[0]
 
 
+def test_backend_choice_is_the_name_in_force_and_loads_nothing(monkeypatch):
+    """What a Dask graph sends to its workers: the choice, ``auto`` unresolved, with no backend imported."""
+    monkeypatch.setattr(_dispatch, "_process_choice", None)
+    monkeypatch.setattr(_dispatch, "_ENV_BACKEND", "auto")
+    monkeypatch.setattr(_dispatch, "_load", lambda name: pytest.fail(f"backend_choice loaded {name}"))
+    assert _dispatch.backend_choice() == "auto"
+    monkeypatch.setattr(_dispatch, "_ENV_BACKEND", "Cython")
+    assert _dispatch.backend_choice() == "cython"
+    monkeypatch.setattr(_dispatch, "_process_choice", "numba")
+    assert _dispatch.backend_choice() == "numba"
+    token = _dispatch._context_choice.set("numpy")
+    try:
+        assert _dispatch.backend_choice() == "numpy"
+    finally:
+        _dispatch._context_choice.reset(token)
+
+
 @pytest.mark.parametrize("bad", ["tensorflow", "", None, 3])
 def test_unknown_backend_lists_valid_and_available(bad):
     with pytest.raises(ValueError, match=r"name must be one of auto, .*numpy; got .*available here: .*numpy"):
