@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 #: The dtypes kernels compute in (native byte order).
 COMPUTE_DTYPES = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
-_NATIVE_INDEX_DTYPES = frozenset((np.dtype(np.int32), np.dtype(np.int64)))
+NATIVE_INDEX_DTYPES = frozenset((np.dtype(np.int32), np.dtype(np.int64)))
 
 
 class FloatInput(NamedTuple):
@@ -116,7 +116,7 @@ def index_target(target: np.ndarray, name: str) -> np.ndarray:
     cannot hold raises ``IndexError``.
     """
     dtype = target.dtype
-    if dtype in _NATIVE_INDEX_DTYPES and target.flags.c_contiguous:
+    if dtype in NATIVE_INDEX_DTYPES and target.flags.c_contiguous:
         return target
     if dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer class indices; got dtype {dtype}")

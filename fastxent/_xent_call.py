@@ -24,6 +24,7 @@ from ._layout import canonical, split_shape
 from ._reduction import check_reduction, finish
 from ._validate import (
     COMPUTE_DTYPES,
+    NATIVE_INDEX_DTYPES,
     check_index_range,
     float_input,
     index_target,
@@ -122,6 +123,32 @@ def index_summary(
     return valid, divisor
 
 
+def _common_call(input: object, target: object, reduction: object) -> XentCall | None:
+    """The call for the common case in one step, or None: C-contiguous float32/float64 ``(N, C)`` logits,
+    C-contiguous int32/int64 ``(N,)`` targets, no options (the caller checked those). Every check the
+    general path makes still holds; anything else goes there."""
+    if not (
+        type(input) is np.ndarray
+        and type(target) is np.ndarray
+        and input.ndim == 2
+        and input.dtype in COMPUTE_DTYPES
+        and target.dtype in NATIVE_INDEX_DTYPES
+        and target.shape == input.shape[:1]
+        and input.flags.c_contiguous
+        and target.flags.c_contiguous
+        and (reduction == "none" or reduction == "mean" or reduction == "sum")
+    ):
+        return None
+    b, n_classes = input.shape
+    backend = _dispatch.current_backend(input.size)
+    indices = target.reshape(b, 1)
+    valid, divisor = index_summary(backend, indices, None, n_classes, DEFAULT_IGNORE_INDEX, "target", target.shape)
+    return _new_call((
+        input, input.reshape(b, n_classes, 1), indices, False, None, DEFAULT_PARAMS, target.shape, str(reduction),
+        0.0, input.dtype, divisor, valid, backend,
+    ))  # fmt: skip
+
+
 def prepare(
     input: npt.ArrayLike,
     target: npt.ArrayLike,
@@ -133,6 +160,19 @@ def prepare(
     softcap: object,
 ) -> XentCall:
     """Check a cross-entropy call and lay it out for a kernel."""
+    if (
+        weight is None
+        and softcap is None
+        and ignore_index == DEFAULT_IGNORE_INDEX
+        and type(ignore_index) is int
+        and type(label_smoothing) is float
+        and type(z_loss) is float
+        and not label_smoothing
+        and not z_loss
+    ):
+        call = _common_call(input, target, reduction)
+        if call is not None:
+            return call
     if type(input) is np.ndarray and input.dtype in COMPUTE_DTYPES:
         array, compute, result_dtype = input, input.dtype, input.dtype
     else:
