@@ -812,9 +812,11 @@ cdef void xent_index_lane_rows(Layout L, LossArgs a, const real *x, real *g, con
     cdef double w_y, row_lse, upstream, total, c
     while start < last:
         count = min(<Py_ssize_t>ROW_BLOCK, last - start)
-        for r in range(count):
-            target = y[start + r]
-            targets[r] = x[(start + r) * n + target] if 0 <= target < n else 0
+        if a.with_grad:
+            # Read before the gradient pass overwrites the rows (in place).
+            for r in range(count):
+                target = y[start + r]
+                targets[r] = x[(start + r) * n + target] if 0 <= target < n else 0
         rows_stats(x + start * n, count, n, shifts, rests, logs)
         for r in range(count):
             row = start + r
@@ -824,6 +826,8 @@ cdef void xent_index_lane_rows(Layout L, LossArgs a, const real *x, real *g, con
                 loss[row] = 0
                 lse[row] = 0
                 continue
+            if not a.with_grad:
+                targets[r] = x[row * n + target]
             w_y = 1.0 if weight == NULL else weight[target]
             row_lse = <double>shifts[r] + <double>logs[r]
             loss[row] = <real>(w_y * (<double>(shifts[r] - targets[r]) + <double>logs[r]))
