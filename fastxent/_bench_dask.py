@@ -236,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--in-memory-chunk-mb",
         type=float,
-        default=256.0,
-        help="in-memory: MiB per block (larger blocks: fewer tasks, less overhead against a ~0.3 s call)",
+        default=512.0,
+        help="in-memory: MiB per block (two per worker: 256 MiB blocks measured 0.69-0.74x plain, 512 MiB 0.76-0.82x)",
     )
     parser.add_argument("--workers", type=int, default=2, help="worker processes (one thread each)")
     parser.add_argument("--memory-limit", default="4GB", help="memory limit per worker")
