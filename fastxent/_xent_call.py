@@ -12,6 +12,7 @@ options) allocates nothing but the outputs and reads no file.
 
 from __future__ import annotations
 
+import threading
 from functools import partial
 from typing import Literal, NamedTuple
 
@@ -227,6 +228,19 @@ def prepare(
     ))  # fmt: skip
 
 
+_per_thread = threading.local()
+
+
+def _totals_buffer() -> np.ndarray:
+    """This thread's float64 ``(2,)`` buffer for a reduced call's totals, read back (by :func:`reduce`)
+    before the call returns: no allocation per call (a fifth of a microsecond of a 10 µs call)."""
+    try:
+        return _per_thread.totals  # type: ignore[no-any-return]
+    except AttributeError:
+        _per_thread.totals = buffer = np.empty(2)
+        return buffer
+
+
 def run_kernel(
     call: XentCall, params: LossParams, grad: np.ndarray | None, grad_scale: np.ndarray | float | None
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
@@ -240,7 +254,7 @@ def run_kernel(
         loss = np.empty((b, k), call.logits.dtype)
         lse = np.empty((b, k), call.logits.dtype) if call.z_loss else None
     else:
-        totals = np.empty(2)
+        totals = _totals_buffer()
     kernel = call.backend.cross_entropy_probs if call.probabilities else call.backend.cross_entropy_index
     kernel(
         call.logits, call.target, call.weight, params, loss, lse, grad, grad_scale, totals, _dispatch.get_num_threads()
