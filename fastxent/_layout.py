@@ -97,6 +97,20 @@ class RowLayout:
             array = np.moveaxis(array, self.axes, range(-len(self.axes), 0))
         return canonical(array, dtype, self.bck)
 
+    def strided_rows(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (of the layout's shape, aligned, native) as ``(B, C, K)`` rows with any strides.
+
+        A broadcast keeps its zero strides, so it is not laid out at full size;
+        a copy is made only where no strides express the reshape, or where they
+        are not whole elements.
+        """
+        if self.moved:
+            array = np.moveaxis(array, self.axes, range(-len(self.axes), 0))
+        rows = np.reshape(array, self.bck)
+        if not rows.flags.aligned or any(step % rows.itemsize for step in rows.strides):
+            rows = np.ascontiguousarray(rows)
+        return rows
+
     def unrows(self, rows: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`rows` for an output of the input's shape."""
         if not self.moved:

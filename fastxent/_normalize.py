@@ -181,13 +181,15 @@ def logsumexp(
         scale = np.asarray(b)
         if scale.dtype.kind not in "biuf":
             raise TypeError(f"b must hold real numbers; got dtype {scale.dtype}")
+        if scale.dtype != inp.compute_dtype:
+            scale = scale.astype(inp.compute_dtype)  # at b's own size, before it is broadcast
         try:
             scale = np.broadcast_to(scale, inp.array.shape)
         except ValueError:
             raise ValueError(f"b must broadcast to x's shape {inp.array.shape}; got shape {scale.shape}") from None
         sign_rows = np.empty((n_rows, k), dtype=inp.compute_dtype)
         backend = cast(ScaledLogsumexp, _dispatch.backend_with("logsumexp_scaled", rows.size))
-        backend.logsumexp_scaled(rows, layout.rows(scale, inp.compute_dtype), out_rows, sign_rows, threads)
+        backend.logsumexp_scaled(rows, layout.strided_rows(scale), out_rows, sign_rows, threads)
         if not return_sign:
             out_rows[sign_rows < 0] = np.nan
     result = deliver(out_rows.reshape(result_shape), out_array, inp.result_dtype, direct)

@@ -257,15 +257,39 @@ class TestLogsumexpScaleAndSign:
         with pytest.raises(TypeError, match="b must hold real numbers; got dtype complex128"):
             fastxent.logsumexp(np.zeros(3), b=np.ones(3, complex))
 
-    def test_a_backend_without_the_operation_hands_it_on(self):
+    def test_every_backend_has_its_own(self, backend):
         from fastxent import _dispatch
 
-        with fastxent.use_backend("numpy"):
-            assert _dispatch.backend_with("logsumexp_scaled", 10).name == "numpy"
-        if "numba" in fastxent.available_backends():
-            with fastxent.use_backend("numba"):
-                chosen = _dispatch.backend_with("logsumexp_scaled", 10)
-            assert chosen.name != "numba" and hasattr(chosen, "logsumexp_scaled")
+        assert _dispatch.backend_with("logsumexp_scaled", 10).name == backend
+
+    def test_a_backend_without_the_operation_hands_it_on(self, monkeypatch):
+        from fastxent import _dispatch
+
+        class Lacking:
+            name = "lacking"
+
+        monkeypatch.setattr(_dispatch, "current_backend", lambda size: Lacking())
+        chosen = _dispatch.backend_with("logsumexp_scaled", 10)
+        assert chosen.name in _dispatch.AUTO_ORDER and hasattr(chosen, "logsumexp_scaled")
+
+    @pytest.mark.parametrize(("shape", "axis", "b_shape"), [((40, 7), -1, (7,)), ((3, 5, 4, 6), 1, (5, 1, 1))])
+    def test_a_broadcast_scale_is_not_laid_out_at_full_size(self, backend, shape, axis, b_shape, monkeypatch):
+        from fastxent import _layout
+
+        scipy_special = pytest.importorskip("scipy.special")
+        rng = np.random.default_rng(5)
+        x = rng.standard_normal(shape)
+        b = rng.uniform(-1, 2, b_shape)
+        seen = []
+        strided_rows = _layout.RowLayout.strided_rows
+        monkeypatch.setattr(
+            _layout.RowLayout, "strided_rows", lambda self, a: seen.append(strided_rows(self, a)) or seen[-1]
+        )
+        got, sign = fastxent.logsumexp(x, axis=axis, b=b, return_sign=True)
+        want, want_sign = scipy_special.logsumexp(x, axis=axis, b=np.broadcast_to(b, shape), return_sign=True)
+        np.testing.assert_allclose(got, want, rtol=1e-13)
+        np.testing.assert_array_equal(sign, want_sign)
+        assert 0 in seen[0].strides and not seen[0].flags.owndata
 
 
 class TestInPlaceIsBitwiseEqual:

@@ -95,7 +95,8 @@ class ScaledLogsumexp(Protocol):
     def logsumexp_scaled(self, x: FloatArray, b: FloatArray, out: FloatArray, sign: FloatArray, n_threads: int) -> None:
         """SciPy's ``logsumexp(x, b=b, return_sign=True)`` over axis 1 of ``x (B, C, K)``.
 
-        ``b`` has ``x``'s shape and dtype; entries with ``b == 0`` take no part,
+        ``b`` has ``x``'s shape and dtype and any strides (a broadcast scale keeps
+        its zero strides: it is never laid out at ``x``'s size); entries with ``b == 0`` take no part,
         even infinite or NaN ones. Writes ``log(|sum(b * exp(x))|)`` into
         ``out (B, K)`` and the sum's sign (1, -1, 0 or NaN) into ``sign``.
         """

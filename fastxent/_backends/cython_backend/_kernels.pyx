@@ -1158,8 +1158,8 @@ def index_target_stats(cnp.ndarray target not None, object weight, Py_ssize_t n_
     return valid, (weight_sum if has_weight else <double>valid), bad
 
 
-cdef void scaled_lse_position(const real *x, const real *b, Py_ssize_t n, Py_ssize_t stride, real *out,
-                              real *sign) noexcept nogil:
+cdef void scaled_lse_position(const real *x, const real *b, Py_ssize_t n, Py_ssize_t stride, Py_ssize_t b_stride,
+                              real *out, real *sign) noexcept nogil:
     """SciPy's ``logsumexp(x, b=b, return_sign=True)`` of one row (stride apart), as its ``_logsumexp``.
 
     The maxima's weights ``m`` stay out of the sum (``S = m * (1 + s)``) so that
@@ -1170,7 +1170,7 @@ cdef void scaled_lse_position(const real *x, const real *b, Py_ssize_t n, Py_ssi
     cdef Py_ssize_t i
     cdef bint has_nan = False
     for i in range(n):
-        w = b[i * stride]
+        w = b[i * b_stride]
         if w != 0:
             v = x[i * stride]
             if isnan(v):
@@ -1182,7 +1182,7 @@ cdef void scaled_lse_position(const real *x, const real *b, Py_ssize_t n, Py_ssi
         sign[0] = <real>NAN
         return
     for i in range(n):
-        w = b[i * stride]
+        w = b[i * b_stride]
         if w == 0:
             continue
         v = x[i * stride]
@@ -1206,23 +1206,30 @@ cdef void scaled_lse_position(const real *x, const real *b, Py_ssize_t n, Py_ssi
         sign[0] = <real>(1.0 if direct > 0 else (-1.0 if direct < 0 else (0.0 if direct == 0 else NAN)))
 
 
-cdef void scaled_lse_all(const real *x, const real *b, real *out, real *sign, Py_ssize_t rows, Py_ssize_t n,
-                         Py_ssize_t stride) noexcept nogil:
+cdef void scaled_lse_all(const real *x, const real *b, const Py_ssize_t *b_steps, real *out, real *sign,
+                         Py_ssize_t rows, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
+    """Every position; ``b_steps`` are ``b``'s (B, C, K) strides in elements (0 where it is broadcast)."""
     cdef Py_ssize_t r, k
     for r in range(rows):
         for k in range(stride):
-            scaled_lse_position(x + r * n * stride + k, b + r * n * stride + k, n, stride, out + r * stride + k,
-                                sign + r * stride + k)
+            scaled_lse_position(x + r * n * stride + k, b + r * b_steps[0] + k * b_steps[2], n, stride, b_steps[1],
+                                out + r * stride + k, sign + r * stride + k)
 
 
 def logsumexp_scaled(cnp.ndarray x not None, cnp.ndarray b not None, cnp.ndarray out not None,
                      cnp.ndarray sign not None, int n_threads):
-    """SciPy's ``logsumexp(x, b=b, return_sign=True)`` over axis 1 of ``x (B, C, K)``; one thread."""
-    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], stride = x.shape[2]
+    """SciPy's ``logsumexp(x, b=b, return_sign=True)`` over axis 1 of ``x (B, C, K)``; one thread.
+
+    ``b`` has ``x``'s shape and dtype and any strides (a broadcast scale is not laid out at ``x``'s size).
+    """
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], stride = x.shape[2], i
+    cdef Py_ssize_t b_steps[3]
+    for i in range(3):
+        b_steps[i] = b.strides[i] // cnp.PyArray_ITEMSIZE(b)
     with nogil:
         if cnp.PyArray_ITEMSIZE(x) == 4:
-            scaled_lse_all(<const float *>cnp.PyArray_DATA(x), <const float *>cnp.PyArray_DATA(b),
+            scaled_lse_all(<const float *>cnp.PyArray_DATA(x), <const float *>cnp.PyArray_DATA(b), b_steps,
                            <float *>cnp.PyArray_DATA(out), <float *>cnp.PyArray_DATA(sign), rows, n, stride)
         else:
-            scaled_lse_all(<const double *>cnp.PyArray_DATA(x), <const double *>cnp.PyArray_DATA(b),
+            scaled_lse_all(<const double *>cnp.PyArray_DATA(x), <const double *>cnp.PyArray_DATA(b), b_steps,
                            <double *>cnp.PyArray_DATA(out), <double *>cnp.PyArray_DATA(sign), rows, n, stride)

@@ -14,6 +14,7 @@ from . import (
     _cache,  # noqa: F401  (first: every kernel's cache entry is stamped with the package hash)
     _launch,
     _rows,
+    _scaled,
     _tiles,
 )
 from ._launch import NUMBA_CONFIG
@@ -52,6 +53,9 @@ class NumbaBackend:
             _rows.logsumexp_rows(n_threads, x.size, x[:, :, 0], out[:, 0])
         else:
             _tiles.logsumexp_tiles(n_threads, x.size, x, out, _tiles.tile_width(c, k, x.itemsize))
+
+    def logsumexp_scaled(self, x: FloatArray, b: FloatArray, out: FloatArray, sign: FloatArray, n_threads: int) -> None:
+        _scaled.logsumexp_scaled(n_threads, x.size, x, b, out, sign)
 
     def _softmax(self, x: FloatArray, out: FloatArray, n_threads: int, log: bool) -> None:
         _, c, k = x.shape
