@@ -70,7 +70,11 @@ def probe(name: str) -> int:
             backend.softmax(x, out, 2)
             backend.log_softmax(x, out, 1)
             backend.logsumexp(x, np.empty((b, k), dtype), 2)
-            calls += 3
+            # A scale broadcast along rows and positions (zero strides) and a full one.
+            scale = np.broadcast_to(rng.uniform(-1, 1, (1, c, 1)).astype(dtype), x.shape)
+            for b_rows, threads in ((scale, 2), (np.ascontiguousarray(scale), 1)):
+                backend.logsumexp_scaled(x, b_rows, np.empty((b, k), dtype), np.empty((b, k), dtype), threads)
+            calls += 5
     return calls
 
 
