@@ -79,6 +79,14 @@ def _sumexp_whole(chunk, shift):  # type: ignore[no-untyped-def]
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
+def _sumexp_whole_capped(chunk, shift, cap):  # type: ignore[no-untyped-def]
+    total = typed(chunk, 0.0)
+    for i in range(chunk.size):
+        total += fast_exp(capped(chunk[i], cap) - shift)
+    return total
+
+
+@njit(fastmath=FAST, cache=True, inline="always")
 def _sumexp_capped(chunk, shift, cap):  # type: ignore[no-untyped-def]
     total = typed(chunk, 0.0)
     ties = typed(chunk, 0.0)
@@ -119,13 +127,28 @@ def row_shift_and_sum(row, cap):  # type: ignore[no-untyped-def]
         below, ties = _sumexp(row, shift)
         return shift, _rest(np.float64(below), ties, shift)
     best = neg_inf
+    total = 0.0
+    for start in range(0, row.size, CHUNK):
+        chunk = row[start : start + CHUNK]
+        chunk_max = vector_max(chunk)
+        if cap != 0:
+            # tanh is monotonic: the capped maximum is the cap of the maximum.
+            chunk_max = capped(chunk_max, cap)
+        if chunk_max > best:
+            total = total * np.float64(fast_exp(best - chunk_max))
+            best = chunk_max
+        shift = best if best != neg_inf else typed(row, 0.0)
+        total += np.float64(_sumexp_whole(chunk, shift) if cap == 0 else _sumexp_whole_capped(chunk, shift, cap))
+    if total >= 2.0:
+        return (best if best != neg_inf else typed(row, 0.0)), total - 1.0
+    # The maximum dominates (or the row is not finite): the exact pass, the maxima left out.
+    best = neg_inf
     below = 0.0
     ties = 0
     for start in range(0, row.size, CHUNK):
         chunk = row[start : start + CHUNK]
         chunk_max = vector_max(chunk)
         if cap != 0:
-            # tanh is monotonic: the capped maximum is the cap of the maximum.
             chunk_max = capped(chunk_max, cap)
         if chunk_max > best:
             # The old maxima now sit below the new one: each adds exp(old - new).
