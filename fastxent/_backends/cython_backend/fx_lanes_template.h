@@ -103,11 +103,13 @@ static inline FX_ATTR __m256 FX(fx_vlog1p)(__m256 s) {
 }
 #endif
 
-/* M, S' (see fx_rest) and log1p(S') of FX_LANES rows of n <= FX_LANE_CLASSES
- * classes at x (row-major), one row per lane. As fx_shift_sum: S' = S - 1
- * from S >= 2; lanes below 2 (or not finite) get the sum over all but the
- * maxima plus the ties beyond the first, and a +inf maximum NaN. */
-static inline FX_ATTR void FX(fx_lanes_stats)(const REAL *x, Py_ssize_t n, REAL *shift, double *rest, REAL *logs) {
+/* M and S' (see fx_rest) of FX_LANES rows of n <= FX_LANE_CLASSES classes
+ * at x (row-major), one row per lane; S' also in REAL into `rest_real`, for
+ * the log. As fx_shift_sum: S' = S - 1 from S >= 2; lanes below 2 (or not
+ * finite) get the sum over all but the maxima plus the ties beyond the
+ * first, and a +inf maximum NaN. */
+static inline FX_ATTR void FX(fx_lanes_stats)(const REAL *x, Py_ssize_t n, REAL *shift, double *rest,
+                                              REAL *rest_real) {
     FX_V column[FX_LANE_CLASSES];
     const FX_INDEX index = FX_LANE_INDEX(n);
     const FX_V zero = FX_SET1(0), minus_inf = FX_SET1(-INFINITY);
@@ -137,7 +139,7 @@ static inline FX_ATTR void FX(fx_lanes_stats)(const REAL *x, Py_ssize_t n, REAL 
         r = FX_BLEND(exact, r, whole);
     }
     FX_STORE(shift, m);
-    FX_STORE(logs, FX(fx_vlog1p)(r));
+    FX_STORE(rest_real, r);
 #if FX_IS_DOUBLE
     _mm256_storeu_pd(rest, r);
 #else
@@ -203,16 +205,26 @@ static FX_ATTR void FX(fx_rows_stats)(const REAL *x, Py_ssize_t rows, Py_ssize_t
     if (n >= 1 && n <= FX_LANE_CLASSES) {
         for (; r + FX_LANES <= rows; r += FX_LANES) FX(fx_lanes_stats)(x + r * n, n, shift + r, rest + r, logs + r);
         if (r < rows) {
-            REAL pad[FX_LANES * FX_LANE_CLASSES], pad_shift[FX_LANES], pad_logs[FX_LANES];
+            REAL pad[FX_LANES * FX_LANE_CLASSES], pad_shift[FX_LANES], pad_rest_real[FX_LANES];
             double pad_rest[FX_LANES];
             memset(pad, 0, sizeof pad);
             memcpy(pad, x + r * n, (size_t)((rows - r) * n) * sizeof(REAL));
-            FX(fx_lanes_stats)(pad, n, pad_shift, pad_rest, pad_logs);
+            FX(fx_lanes_stats)(pad, n, pad_shift, pad_rest, pad_rest_real);
             for (Py_ssize_t l = 0; r < rows; r++, l++) {
                 shift[r] = pad_shift[l];
                 rest[r] = pad_rest[l];
-                logs[r] = pad_logs[l];
+                logs[r] = pad_rest_real[l];
             }
+        }
+        /* The logs after every block's sums: independent vectors, whose long
+         * polynomial chains overlap (inside each block they did not). */
+        Py_ssize_t k = 0;
+        for (; k + FX_LANES <= rows; k += FX_LANES) FX_STORE(logs + k, FX(fx_vlog1p)(FX_LOAD(logs + k)));
+        if (k < rows) {
+            REAL pad_logs[FX_LANES] = {0};
+            memcpy(pad_logs, logs + k, (size_t)(rows - k) * sizeof(REAL));
+            FX_STORE(pad_logs, FX(fx_vlog1p)(FX_LOAD(pad_logs)));
+            memcpy(logs + k, pad_logs, (size_t)(rows - k) * sizeof(REAL));
         }
         return;
     }
