@@ -91,11 +91,13 @@ class RowLayout:
             before, after = shape[:first], shape[first + len(axes) :]
             self.bck = (math.prod(before), math.prod(shape[first : first + len(axes)]), math.prod(after))
 
+    def _reduced_last(self, array: np.ndarray) -> np.ndarray:
+        """A view of ``array`` with the reduced axes last, when they are not adjacent already."""
+        return np.moveaxis(array, self.axes, range(-len(self.axes), 0)) if self.moved else array
+
     def rows(self, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
         """``array`` as canonical ``(B, C, K)`` rows (a view when possible)."""
-        if self.moved:
-            array = np.moveaxis(array, self.axes, range(-len(self.axes), 0))
-        return canonical(array, dtype, self.bck)
+        return canonical(self._reduced_last(array), dtype, self.bck)
 
     def strided_rows(self, array: np.ndarray) -> np.ndarray:
         """``array`` (of the layout's shape, aligned, native) as ``(B, C, K)`` rows with any strides.
@@ -104,9 +106,7 @@ class RowLayout:
         a copy is made only where no strides express the reshape, or where they
         are not whole elements.
         """
-        if self.moved:
-            array = np.moveaxis(array, self.axes, range(-len(self.axes), 0))
-        rows = np.reshape(array, self.bck)
+        rows = np.reshape(self._reduced_last(array), self.bck)
         if not rows.flags.aligned or any(step % rows.itemsize for step in rows.strides):
             rows = np.ascontiguousarray(rows)
         return rows

@@ -241,33 +241,14 @@ static inline FX_ATTR void FX(fx_exp_vector)(const REAL *x, REAL *out, Py_ssize_
     *t = FX_ADD(*t, e);
 }
 
-/* sum(exp(x - shift)) over all of x[0:n] (S, the maxima included), and exp(x - shift) into out unless it is NULL (out may be x). */
+/* sum(exp(x - shift)) over all of x[0:n] (S, the maxima included), and
+ * exp(x - shift) into out unless it is NULL (out may be x). */
 static inline FX_ATTR REAL FX(fx_sumexp_whole)(const REAL *x, REAL *out, Py_ssize_t n, REAL shift) {
     const FX_V s = FX_SET1(shift);
     FX_V t0 = FX_SET1(0), t1 = t0;
-    Py_ssize_t i = 0;
-    for (; i + 2 * FX_LANES <= n; i += 2 * FX_LANES) {
-        FX_V e0 = FX(fx_vexp)(FX_SUB(FX_LOAD(x + i), s));
-        FX_V e1 = FX(fx_vexp)(FX_SUB(FX_LOAD(x + i + FX_LANES), s));
-        if (out != NULL) {
-            FX_STORE(out + i, e0);
-            FX_STORE(out + i + FX_LANES, e1);
-        }
-        t0 = FX_ADD(t0, e0);
-        t1 = FX_ADD(t1, e1);
-    }
-    if (i + FX_LANES <= n) {
-        FX_V e0 = FX(fx_vexp)(FX_SUB(FX_LOAD(x + i), s));
-        if (out != NULL) FX_STORE(out + i, e0);
-        t0 = FX_ADD(t0, e0);
-        i += FX_LANES;
-    }
-    if (i < n) {
-        __m256i mask = FX_TAIL_MASK(n - i);
-        FX_V e1 = FX(fx_vexp)(FX_SUB(FX_MASKLOAD(x + i, mask), s));
-        if (out != NULL) FX_MASKSTORE(out + i, mask, e1);
-        t1 = FX_ADD(t1, e1);
-    }
+    Py_ssize_t full = n - n % FX_LANES;
+    FX(fx_exp_range)(x, out, 0, full, s, &t0, &t1);
+    if (full < n) FX(fx_exp_vector)(x, out, full, n - full, s, -1, &t1);
     return FX(fx_hsum)(FX_ADD(t0, t1));
 }
 
@@ -277,19 +258,14 @@ static inline FX_ATTR REAL FX(fx_sumexp_whole)(const REAL *x, REAL *out, Py_ssiz
  * keeps what the rest of the row adds relatively accurate when one class
  * dominates. */
 static inline FX_ATTR REAL FX(fx_sumexp_store)(const REAL *x, REAL *out, Py_ssize_t n, REAL shift, Py_ssize_t skip) {
+    if (skip < 0 || skip >= n) return FX(fx_sumexp_whole)(x, out, n, shift);
     const FX_V s = FX_SET1(shift);
     FX_V t0 = FX_SET1(0), t1 = t0;
-    Py_ssize_t full = n - n % FX_LANES;
-    if (skip < 0 || skip >= n) {
-        FX(fx_exp_range)(x, out, 0, full, s, &t0, &t1);
-        if (full < n) FX(fx_exp_vector)(x, out, full, n - full, s, -1, &t1);
-    } else {
-        Py_ssize_t at = skip - skip % FX_LANES;
-        FX(fx_exp_range)(x, out, 0, at, s, &t0, &t1);
-        FX(fx_exp_vector)(x, out, at, n - at < FX_LANES ? n - at : FX_LANES, s, skip - at, &t1);
-        if (at + FX_LANES < full) FX(fx_exp_range)(x, out, at + FX_LANES, full, s, &t0, &t1);
-        if (full < n && full > at) FX(fx_exp_vector)(x, out, full, n - full, s, -1, &t1);
-    }
+    Py_ssize_t full = n - n % FX_LANES, at = skip - skip % FX_LANES;
+    FX(fx_exp_range)(x, out, 0, at, s, &t0, &t1);
+    FX(fx_exp_vector)(x, out, at, n - at < FX_LANES ? n - at : FX_LANES, s, skip - at, &t1);
+    if (at + FX_LANES < full) FX(fx_exp_range)(x, out, at + FX_LANES, full, s, &t0, &t1);
+    if (full < n && full > at) FX(fx_exp_vector)(x, out, full, n - full, s, -1, &t1);
     return FX(fx_hsum)(FX_ADD(t0, t1));
 }
 #undef FX_IOTA
@@ -479,25 +455,15 @@ static FX_ATTR double FX(fx_rest_from_exps)(const REAL *e, Py_ssize_t n) {
     return others + (double)(ones - 1);
 }
 
-/* The exact S' of a row: one pass that leaves out the first maximum, found
- * (by a scan that stops at it) in each chunk that raises the running max. */
-static FX_ATTR double FX(fx_shift_sum_exact)(const REAL *x, Py_ssize_t n) {
-    REAL best = -INFINITY;
-    double others = 0; /* sum over every element seen but the first maximum */
-    Py_ssize_t first = -1;
+/* The exact S' of a row whose maximum `best` is known: one pass that leaves
+ * out its first occurrence (found by a scan that stops at it). */
+static FX_ATTR double FX(fx_shift_sum_exact)(const REAL *x, Py_ssize_t n, REAL best) {
+    Py_ssize_t first = best == -INFINITY ? -1 : FX(fx_find)(x, n, best);
+    REAL shift = first < 0 ? (REAL)0 : best;
+    double others = 0;
     for (Py_ssize_t start = 0; start < n; start += FX_CHUNK) {
-        Py_ssize_t len = n - start < FX_CHUNK ? n - start : FX_CHUNK, skip = -1;
-        REAL chunk_max = FX(fx_max)(x + start, len);
-        if (chunk_max > best) {
-            skip = FX(fx_find)(x + start, len, chunk_max);
-            if (skip >= 0) {
-                /* The old maximum (exp 1) and the rest now sit below the new one. */
-                others = (first >= 0 ? others + 1.0 : others) * FX(fx_exp)(best - chunk_max);
-                best = chunk_max;
-                first = start + skip;
-            }
-        }
-        others += FX(fx_sumexp_store)(x + start, NULL, len, best == -INFINITY ? (REAL)0 : best, skip);
+        Py_ssize_t len = n - start < FX_CHUNK ? n - start : FX_CHUNK;
+        others += FX(fx_sumexp_store)(x + start, NULL, len, shift, first - start);
     }
     return FX(fx_rest_of)(others, first, best);
 }
@@ -522,7 +488,7 @@ static FX_ATTR double FX(fx_shift_sum)(const REAL *x, Py_ssize_t n, REAL *shift_
         total += FX(fx_sumexp_whole)(x + start, NULL, len, best == -INFINITY ? (REAL)0 : best);
     }
     *shift_out = best == -INFINITY ? (REAL)0 : best;
-    return total >= 2.0 ? total - 1.0 : FX(fx_shift_sum_exact)(x, n);
+    return total >= 2.0 ? total - 1.0 : FX(fx_shift_sum_exact)(x, n, best);
 }
 
 /* out = exp(x - M) (out may be x); returns S' (chunk sums added in double),

@@ -108,6 +108,19 @@ def _rest(below, ties, shift):  # type: ignore[no-untyped-def]
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
+def _exact_rest(row, shift, cap):  # type: ignore[no-untyped-def]
+    """S' of a row whose maximum ``shift`` dominates (S < 2) or is not finite: the maxima left out of the sum."""
+    below = 0.0
+    ties = 0
+    for start in range(0, row.size, CHUNK):
+        chunk = row[start : start + CHUNK]
+        part, count = _sumexp(chunk, shift) if cap == 0 else _sumexp_capped(chunk, shift, cap)
+        below += np.float64(part)
+        ties += count
+    return _rest(below, ties, shift)
+
+
+@njit(fastmath=FAST, cache=True, inline="always")
 def row_shift_and_sum(row, cap):  # type: ignore[no-untyped-def]
     """Return ``(M, S')`` of the (soft-capped) row, S' in float64; see the module docstring.
 
@@ -124,8 +137,7 @@ def row_shift_and_sum(row, cap):  # type: ignore[no-untyped-def]
         total = np.float64(_sumexp_whole(row, shift))
         if total >= 2.0:
             return shift, total - 1.0
-        below, ties = _sumexp(row, shift)
-        return shift, _rest(np.float64(below), ties, shift)
+        return shift, _exact_rest(row, shift, 0.0)
     best = neg_inf
     total = 0.0
     for start in range(0, row.size, CHUNK):
@@ -139,31 +151,10 @@ def row_shift_and_sum(row, cap):  # type: ignore[no-untyped-def]
             best = chunk_max
         shift = best if best != neg_inf else typed(row, 0.0)
         total += np.float64(_sumexp_whole(chunk, shift) if cap == 0 else _sumexp_whole_capped(chunk, shift, cap))
-    if total >= 2.0:
-        return (best if best != neg_inf else typed(row, 0.0)), total - 1.0
-    # The maximum dominates (or the row is not finite): the exact pass, the maxima left out.
-    best = neg_inf
-    below = 0.0
-    ties = 0
-    for start in range(0, row.size, CHUNK):
-        chunk = row[start : start + CHUNK]
-        chunk_max = vector_max(chunk)
-        if cap != 0:
-            chunk_max = capped(chunk_max, cap)
-        if chunk_max > best:
-            # The old maxima now sit below the new one: each adds exp(old - new).
-            below = (below + ties) * np.float64(fast_exp(best - chunk_max))
-            ties = 0
-            best = chunk_max
-        shift = best if best != neg_inf else typed(row, 0.0)
-        if cap == 0:
-            part, count = _sumexp(chunk, shift)
-        else:
-            part, count = _sumexp_capped(chunk, shift, cap)
-        below += part
-        ties += count
     shift = best if best != neg_inf else typed(row, 0.0)
-    return shift, _rest(below, ties, shift)
+    if total >= 2.0:
+        return shift, total - 1.0
+    return shift, _exact_rest(row, shift, cap)
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
