@@ -127,7 +127,19 @@ class TestDominantClassEveryPath:
     @pytest.mark.parametrize("dtype", [np.float32, np.float64])
     @pytest.mark.parametrize(
         ("shape", "axis"),
-        [((64, 10), 1), ((64, 40), 1), ((8, 5000), 1), ((3, 2, 37), 1), ((3, 40, 37), 1), ((2, 300, 19), 1)],
+        [
+            ((64, 10), 1),
+            ((64, 40), 1),
+            ((8, 5000), 1),
+            ((3, 2, 37), 1),
+            ((3, 40, 37), 1),
+            ((2, 300, 19), 1),
+            # Tiles of both Cython tile paths: wide tiles with a long stride (class by class; float64's
+            # 21-class tile is narrow, by groups) and narrow ones (by groups), with tails.
+            ((2, 21, 1100), 1),
+            ((2, 3, 1500), 1),
+            ((2, 40, 600), 1),
+        ],
     )
     def test_loss_gradient_and_normalisers(self, backend, dtype, shape, axis):
         logits, target = self._logits(shape, axis, dtype, seed=sum(shape))
@@ -141,7 +153,12 @@ class TestDominantClassEveryPath:
         alone = fastxent.cross_entropy(logits, target, reduction="none")
         np.testing.assert_allclose(alone, loss.astype(np.float64), **close)
         np.testing.assert_allclose(got_grad, grad.astype(np.float64), rtol=64 * eps, atol=shape[axis] * eps / 4)
-        np.testing.assert_allclose(fastxent.logsumexp(logits, axis=axis), lse.astype(np.float64), **close)
+        # lse = M + log(S) cancels where M ~ -log(S): a result in the logits' precision is then off by ulps
+        # of M, not of lse (torch's and SciPy's too).
+        top = np.max(logits, axis=axis).astype(np.float64)
+        bound = np.maximum(64 * eps * np.abs(lse.astype(np.float64)), 4 * eps * np.abs(top))
+        error = np.abs(fastxent.logsumexp(logits, axis=axis) - lse.astype(np.float64))
+        np.testing.assert_array_less(error, bound + np.finfo(np.float64).tiny)
         log_probs = np.moveaxis(fastxent.log_softmax(logits, axis=axis), axis, -1)
         got = np.take_along_axis(log_probs, target[..., None], -1)[..., 0]
         np.testing.assert_allclose(got, -loss.astype(np.float64), **close)
@@ -196,6 +213,32 @@ class TestShortRowAccuracy:
         np.testing.assert_allclose(loss, want_loss, rtol=8 * np.finfo(dtype).eps)
         np.testing.assert_allclose(grad, want_grad, rtol=8 * np.finfo(dtype).eps, atol=np.finfo(dtype).eps)
         np.testing.assert_allclose(fastxent.cross_entropy(logits, target, reduction="none"), loss, rtol=4e-7)
+
+
+class TestTilesNonFinite:
+    """Class axis 1: -inf, +inf and NaN positions among finite ones, on both Cython tile paths (a short
+    stride goes by groups of positions, a long one class by class), against the NumPy reference."""
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    @pytest.mark.parametrize("positions", [37, 1100])
+    def test_positions(self, backend, dtype, positions):
+        rng = np.random.default_rng(positions)
+        logits = rng.standard_normal((2, 6, positions)).astype(dtype)
+        target = rng.integers(0, 6, (2, positions))
+        logits[0, 2, 5] = -np.inf
+        logits[0, :, 6] = -np.inf
+        logits[1, 4, 7] = np.inf
+        logits[1, 0, positions - 1] = np.nan
+        target[1, 8] = -100
+        with fastxent.use_backend("numpy"):
+            want_loss, want_grad = fastxent.cross_entropy_and_grad(logits, target, reduction="none")
+            want_lse = fastxent.logsumexp(logits, axis=1)
+        loss, grad = fastxent.cross_entropy_and_grad(logits, target, reduction="none")
+        eps = np.finfo(dtype).eps
+        np.testing.assert_allclose(loss, want_loss, rtol=8 * eps, equal_nan=True)
+        np.testing.assert_allclose(grad, want_grad, rtol=8 * eps, atol=eps, equal_nan=True)
+        np.testing.assert_allclose(fastxent.logsumexp(logits, axis=1), want_lse, rtol=8 * eps, equal_nan=True)
+        assert np.isnan(loss[1, positions - 1]) and np.isfinite(np.delete(loss[0], [6])).all()
 
 
 def _reference(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -42,6 +42,9 @@ cdef extern from "fx_simd.h" nogil:
         void (*rows_stats)(const float *, Py_ssize_t, Py_ssize_t, float *, double *, float *) noexcept nogil
         void (*rows_scale)(const float *, float *, Py_ssize_t, Py_ssize_t, const float *, const float *) noexcept nogil
         void (*log1p_rests)(const double *, float *, Py_ssize_t) noexcept nogil
+        void (*tile_finish)(Py_ssize_t, const float *, const double *, const float *, const float *, const double *,
+                            const double *, const double *, const double *, const float *, double, double, double,
+                            double, int, float *, float *, float *, float *, double *, double *) noexcept nogil
     ctypedef struct fx_table_f64:
         double (*shift_sum)(const double *, Py_ssize_t, double *) noexcept nogil
         double (*store_exp)(const double *, double *, Py_ssize_t, double *) noexcept nogil
@@ -55,6 +58,9 @@ cdef extern from "fx_simd.h" nogil:
         void (*rows_scale)(const double *, double *, Py_ssize_t, Py_ssize_t, const double *,
                            const double *) noexcept nogil
         void (*log1p_rests)(const double *, double *, Py_ssize_t) noexcept nogil
+        void (*tile_finish)(Py_ssize_t, const double *, const double *, const double *, const double *, const double *,
+                            const double *, const double *, const double *, const double *, double, double, double,
+                            double, int, double *, double *, double *, double *, double *, double *) noexcept nogil
     fx_table_f32 fx_f32
     fx_table_f64 fx_f64
     const char *fx_init()
@@ -210,6 +216,19 @@ cdef inline void log1p_rests(const double *rest, real *out, Py_ssize_t n) noexce
         fx_f32.log1p_rests(rest, out, n)
     else:
         fx_f64.log1p_rests(rest, out, n)
+
+
+cdef inline void tile_finish(Py_ssize_t w, const real *shift, const double *rest, const real *logs,
+                             const real *xy, const double *wy, const double *valid, const double *weighted,
+                             const double *gs, const real *slope, double eps, double smooth_coef,
+                             double weight_sum, double z_coef, bint with_grad, real *loss, real *lse, real *scale,
+                             real *smooth, double *correction, double *target_grad) noexcept nogil:
+    if real is float:
+        fx_f32.tile_finish(w, shift, rest, logs, xy, wy, valid, weighted, gs, slope, eps, smooth_coef, weight_sum,
+                           z_coef, with_grad, loss, lse, scale, smooth, correction, target_grad)
+    else:
+        fx_f64.tile_finish(w, shift, rest, logs, xy, wy, valid, weighted, gs, slope, eps, smooth_coef, weight_sum,
+                           z_coef, with_grad, loss, lse, scale, smooth, correction, target_grad)
 
 
 cdef extern from *:
@@ -398,6 +417,10 @@ cdef struct TileScratch:
     double *extra2
     double *target_grad  # per-position gradient of a target that is the maximum (NaN: it is not)
     void *logs         # per-position log1p(S'), in the logits' type
+    void *xy           # per-position target logit (gathered), in the logits' type
+    void *slope        # per-position softcap slope at the target, only with a softcap
+    double *wy         # per-position class weight of the target (0 where ignored)
+    double *valid      # per-position 1 (target counted) or 0 (ignored)
     void *capped       # (2, C, width): capped copy and its slopes, only with a softcap
     double *gfill      # width copies of a scalar upstream gradient, only for a scalar grad_scale
     void *block        # the one allocation all of the above live in
@@ -414,7 +437,7 @@ cdef TileScratch new_scratch(Py_ssize_t width, Py_ssize_t n_classes, Py_ssize_t 
     cdef TileScratch s
     cdef Py_ssize_t k, real_part = padded(width * itemsize), double_part = padded(width * sizeof(double))
     cdef Py_ssize_t cap_part = padded(2 * n_classes * width * itemsize) if with_cap else 0
-    cdef char *block = <char *>malloc(4 * real_part + 5 * double_part + cap_part)
+    cdef char *block = <char *>malloc(6 * real_part + 7 * double_part + cap_part)
     memset(&s, 0, sizeof(s))
     s.block = block
     s.ok = block != NULL
@@ -429,7 +452,11 @@ cdef TileScratch new_scratch(Py_ssize_t width, Py_ssize_t n_classes, Py_ssize_t 
     s.target_grad = <double *>(block + 3 * real_part + 3 * double_part)
     s.gfill = <double *>(block + 3 * real_part + 4 * double_part) if scalar_grad else NULL
     s.logs = block + 3 * real_part + 5 * double_part
-    s.capped = block + 4 * real_part + 5 * double_part if with_cap else NULL
+    s.xy = block + 4 * real_part + 5 * double_part
+    s.slope = block + 5 * real_part + 5 * double_part
+    s.wy = <double *>(block + 6 * real_part + 5 * double_part)
+    s.valid = <double *>(block + 6 * real_part + 6 * double_part)
+    s.capped = block + 6 * real_part + 7 * double_part if with_cap else NULL
     if scalar_grad:
         for k in range(width):
             s.gfill[k] = gs_scalar
@@ -465,11 +492,15 @@ cdef void xent_index_tile(const real *xb, real *gb, const index_t *yb, Py_ssize_
     cdef double *correction = s.extra2
     cdef double *target_grad = s.target_grad
     cdef real *logs = <real *>s.logs
+    cdef real *xy = <real *>s.xy
+    cdef real *slope = <real *>s.slope
+    cdef double *wy = s.wy
+    cdef double *valid = s.valid
     cdef const real *z = xb
     cdef Py_ssize_t zstride = stride, c, k
     cdef long long y
-    cdef double smooth_coef = eps / n_classes, w_y, log_total, row_lse, value, a, g, total, slope, exact
-    cdef real x_y, fixed
+    cdef double smooth_coef = eps / n_classes
+    cdef real fixed
     if cap != 0:
         z = capped_tile(xb, n_classes, stride, w, cap, <real *>s.capped)
         zstride = w
@@ -481,39 +512,22 @@ cdef void xent_index_tile(const real *xb, real *gb, const index_t *yb, Py_ssize_
         for c in range(n_classes):
             for k in range(w):
                 weighted[k] += <double>weight[c] * <double>z[c * zstride + k]
+    # The targets gathered (a short scalar loop), then one vectorised loop (fx_tile_finish).
     for k in range(w):
         y = yb[k]
         if y == ignore_index or y < 0 or y >= n_classes:
-            loss[k] = 0
-            lse[k] = 0
-            scale[k] = 0
-            smooth[k] = 0
-            correction[k] = 0
-            continue
-        x_y = z[y * zstride + k]
-        w_y = weight[y]
-        total = 1.0 + rest[k]
-        log_total = logs[k]
-        row_lse = <double>shift[k] + log_total
-        value = (1.0 - eps) * w_y * (<double>(shift[k] - x_y) + log_total)
-        if eps > 0:
-            value = value + smooth_coef * (weight_sum * row_lse - weighted[k])
-        loss[k] = <real>value
-        lse[k] = <real>row_lse
-        g = gs[k] if with_grad else 0.0
-        a = g * ((1.0 - eps) * w_y + smooth_coef * weight_sum)
-        if z_coef != 0:
-            a = a + g * 2.0 * z_coef * row_lse
-        scale[k] = <real>(a / total)
-        smooth[k] = <real>(g * smooth_coef)
-        slope = z[n_classes * w + y * w + k] if cap != 0 else 1.0
-        correction[k] = g * (1.0 - eps) * w_y
-        # A target that is the maximum: a / S - c = ((a - c) - c * S') / S,
-        # with no cancellation (as in xent_index_finish).
-        if with_grad:
-            exact = (((a - correction[k]) - correction[k] * rest[k]) / total - smooth[k] * w_y) * slope
-            target_grad[k] = select(x_y == shift[k], exact, NAN)
-        correction[k] = correction[k] * slope
+            xy[k] = shift[k]
+            wy[k] = 0
+            valid[k] = 0
+            slope[k] = 1
+        else:
+            xy[k] = z[y * zstride + k]
+            wy[k] = weight[y]
+            valid[k] = 1
+            if cap != 0:
+                slope[k] = z[n_classes * w + y * w + k]
+    tile_finish(w, shift, rest, logs, xy, wy, valid, weighted, gs, slope if cap != 0 else NULL, eps, smooth_coef,
+                weight_sum, z_coef, with_grad, loss, lse, scale, smooth, correction, target_grad)
     if not with_grad:
         return
     if cap == 0:
@@ -531,7 +545,7 @@ cdef void xent_index_tile(const real *xb, real *gb, const index_t *yb, Py_ssize_
             for c in range(n_classes):
                 gb[c * stride + k] = 0
         else:
-            # A select, as above.
+            # A select: whether the target is the maximum is a coin toss for a branch.
             fixed = gb[y * stride + k] - <real>correction[k]
             gb[y * stride + k] = <real>select(isnan(target_grad[k]), fixed, target_grad[k])
 

@@ -539,64 +539,7 @@ static FX_ATTR void FX(fx_shifted)(const REAL *x, REAL *out, Py_ssize_t n, REAL 
     for (Py_ssize_t i = 0; i < n; i++) out[i] = (x[i] - shift) - log_total;
 }
 
-/* Tile of w <= FX_TILE_MAX positions: x points at x[b, 0, k0], classes `stride` apart.
- * Writes M (0 for all -inf) and S' (see fx_rest) per position into `rest`. S
- * sums blocks of FX_CLASS_BLOCK classes in REAL (vectorised) and adds the
- * blocks in double. */
-static FX_ATTR void FX(fx_tile_stats)(const REAL *x, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w,
-                                      REAL *shift, double *rest) {
-    REAL partial[FX_TILE_MAX], tied[FX_TILE_MAX];
-    double ties[FX_TILE_MAX];
-    for (Py_ssize_t k = 0; k < w; k++) shift[k] = -INFINITY;
-    for (Py_ssize_t c = 0; c < n_classes; c++) {
-        const REAL *column = x + c * stride;
-#pragma omp simd
-        for (Py_ssize_t k = 0; k < w; k++) shift[k] = column[k] > shift[k] ? column[k] : shift[k];
-    }
-    for (Py_ssize_t k = 0; k < w; k++) {
-        shift[k] = shift[k] == -INFINITY ? (REAL)0 : shift[k];
-        rest[k] = 0;
-        ties[k] = 0;
-    }
-    /* The maxima stay out of the sum and are counted: a second pass for the
-     * positions whose maximum dominates would cost a tile (of one image, say)
-     * with any such position twice. */
-    for (Py_ssize_t c0 = 0; c0 < n_classes; c0 += FX_CLASS_BLOCK) {
-        Py_ssize_t c1 = c0 + FX_CLASS_BLOCK < n_classes ? c0 + FX_CLASS_BLOCK : n_classes;
-        for (Py_ssize_t k = 0; k < w; k++) {
-            partial[k] = 0;
-            tied[k] = 0;
-        }
-        for (Py_ssize_t c = c0; c < c1; c++) {
-            const REAL *column = x + c * stride;
-#pragma omp simd
-            for (Py_ssize_t k = 0; k < w; k++) {
-                REAL e = FX(fx_exp)(column[k] - shift[k]);
-                int top = column[k] == shift[k];
-                partial[k] += top ? (REAL)0 : e;
-                tied[k] += top ? (REAL)1 : (REAL)0;
-            }
-        }
-        for (Py_ssize_t k = 0; k < w; k++) {
-            rest[k] += partial[k];
-            ties[k] += tied[k];
-        }
-    }
-    for (Py_ssize_t k = 0; k < w; k++) rest[k] = shift[k] == (REAL)INFINITY ? NAN : rest[k] + (ties[k] - 1.0);
-}
-
-/* out[c, k] = scale[k] * exp(x[c, k] - M[k]) - smooth[k] * weight[c] (out may be x). */
-static FX_ATTR void FX(fx_tile_scale)(const REAL *x, REAL *out, Py_ssize_t n_classes, Py_ssize_t stride, Py_ssize_t w,
-                                      const REAL *shift, const REAL *scale, const REAL *smooth, const REAL *weight) {
-    for (Py_ssize_t c = 0; c < n_classes; c++) {
-        const REAL *column = x + c * stride;
-        REAL *target = out + c * stride;
-        REAL w_c = weight == NULL ? (REAL)0 : weight[c];
-#pragma omp simd
-        for (Py_ssize_t k = 0; k < w; k++) target[k] = FX(fx_exp)(column[k] - shift[k]) * scale[k] - smooth[k] * w_c;
-    }
-}
-
+#include "fx_tiles_template.h"
 #include "fx_lanes_template.h"
 
 #undef FX
