@@ -33,6 +33,12 @@ def probe(name: str) -> int:
             (1, 300, 17),
             (2, 0, 1),
             (2, 0, 3),
+            # Short rows, lanes across rows: blocks of 8 (float32) / 4 (float64) rows, tails of every size.
+            (13, 2, 1),
+            (19, 3, 1),
+            (67, 5, 1),
+            (29, 12, 1),
+            (21, 32, 1),
         ]:
             x = rng.standard_normal((b, c, k)).astype(dtype)
             target = rng.integers(0, max(c, 1), (b, k))

@@ -200,6 +200,31 @@ class TestShortRowAccuracy:
         np.testing.assert_allclose(grad[:, 0], np.expm1(-exact).astype(np.float64), rtol=16 * np.finfo(dtype).eps)
 
     @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    @pytest.mark.parametrize("n_classes", [1, 2, 3, 5, 7, 8, 9, 12, 16, 20, 31, 32, 33])
+    def test_gradient_stays_in_its_rows(self, backend, dtype, n_classes):
+        """The gradient of short rows (stored a block of rows at a time, stores spilling into the next row)
+        matches the reference, allocated, into ``grad_out`` and in place, and writes nothing outside."""
+        rng = np.random.default_rng(n_classes)
+        for rows in (1, 3, 7, 9, 67, 1003):
+            logits = (rng.standard_normal((rows, n_classes)) * 3).astype(dtype)
+            target = rng.integers(0, n_classes, rows)
+            target[::5] = -100
+            want_loss, want_grad = _reference(logits, target)
+            eps = np.finfo(dtype).eps
+            loss, grad = fastxent.cross_entropy_and_grad(logits, target, reduction="none")
+            np.testing.assert_allclose(loss, want_loss, rtol=16 * eps, atol=eps)
+            np.testing.assert_allclose(grad, want_grad, rtol=16 * eps, atol=eps)
+            fenced = np.full(rows * n_classes + 64, np.nan, dtype)
+            inside = fenced[32 : 32 + rows * n_classes].reshape(rows, n_classes)
+            fastxent.cross_entropy_and_grad(logits, target, reduction="sum", grad_out=inside)
+            np.testing.assert_array_equal(inside, fastxent.cross_entropy_and_grad(logits, target, reduction="sum")[1])
+            assert np.isnan(fenced[:32]).all() and np.isnan(fenced[32 + rows * n_classes :]).all()
+            inside[...] = logits
+            fastxent.cross_entropy_and_grad(inside, target, reduction="sum", inplace=True)
+            np.testing.assert_array_equal(inside, fastxent.cross_entropy_and_grad(logits, target, reduction="sum")[1])
+            assert np.isnan(fenced[:32]).all() and np.isnan(fenced[32 + rows * n_classes :]).all()
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
     def test_non_finite_rows_among_finite_ones(self, backend, dtype):
         rng = np.random.default_rng(3)
         logits = rng.standard_normal((13, 6)).astype(dtype)

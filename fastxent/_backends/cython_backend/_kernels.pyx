@@ -39,8 +39,9 @@ cdef extern from "fx_simd.h" nogil:
         void (*tile_scale)(const float *, float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *,
                            const float *, const float *, const float *) noexcept nogil
         void (*rows_sums)(const float *, float *, Py_ssize_t, Py_ssize_t, float *, double *) noexcept nogil
-        void (*rows_stats)(const float *, Py_ssize_t, Py_ssize_t, float *, double *, float *) noexcept nogil
-        void (*rows_scale)(const float *, float *, Py_ssize_t, Py_ssize_t, const float *, const float *) noexcept nogil
+        void (*rows_stats)(const float *, Py_ssize_t, Py_ssize_t, float *, double *, float *, float *) noexcept nogil
+        void (*rows_scale)(const float *, const float *, float *, Py_ssize_t, Py_ssize_t, const float *,
+                           const float *) noexcept nogil
         void (*log1p_rests)(const double *, float *, Py_ssize_t) noexcept nogil
         void (*tile_finish)(Py_ssize_t, const float *, const double *, const float *, const float *, const double *,
                             const double *, const double *, const double *, const float *, double, double, double,
@@ -54,8 +55,8 @@ cdef extern from "fx_simd.h" nogil:
         void (*tile_scale)(const double *, double *, Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *,
                            const double *, const double *, const double *) noexcept nogil
         void (*rows_sums)(const double *, double *, Py_ssize_t, Py_ssize_t, double *, double *) noexcept nogil
-        void (*rows_stats)(const double *, Py_ssize_t, Py_ssize_t, double *, double *, double *) noexcept nogil
-        void (*rows_scale)(const double *, double *, Py_ssize_t, Py_ssize_t, const double *,
+        void (*rows_stats)(const double *, Py_ssize_t, Py_ssize_t, double *, double *, double *, double *) noexcept nogil
+        void (*rows_scale)(const double *, const double *, double *, Py_ssize_t, Py_ssize_t, const double *,
                            const double *) noexcept nogil
         void (*log1p_rests)(const double *, double *, Py_ssize_t) noexcept nogil
         void (*tile_finish)(Py_ssize_t, const double *, const double *, const double *, const double *, const double *,
@@ -66,6 +67,7 @@ cdef extern from "fx_simd.h" nogil:
     const char *fx_init()
     int FX_SHORT
     int FX_LANE_CLASSES
+    enum: FX_LANE_CLASSES_MAX "FX_LANE_CLASSES"
 
 cdef extern from *:
     """
@@ -195,19 +197,19 @@ cdef inline void rows_sums(const real *x, real *out, Py_ssize_t rows, Py_ssize_t
 
 
 cdef inline void rows_stats(const real *x, Py_ssize_t rows, Py_ssize_t n, real *shift, double *rest,
-                            real *logs) noexcept nogil:
+                            real *logs, real *exps) noexcept nogil:
     if real is float:
-        fx_f32.rows_stats(x, rows, n, shift, rest, logs)
+        fx_f32.rows_stats(x, rows, n, shift, rest, logs, exps)
     else:
-        fx_f64.rows_stats(x, rows, n, shift, rest, logs)
+        fx_f64.rows_stats(x, rows, n, shift, rest, logs, exps)
 
 
-cdef inline void rows_scale(const real *x, real *out, Py_ssize_t rows, Py_ssize_t n, const real *shift,
-                            const real *scale) noexcept nogil:
+cdef inline void rows_scale(const real *x, const real *exps, real *out, Py_ssize_t rows, Py_ssize_t n,
+                            const real *shift, const real *scale) noexcept nogil:
     if real is float:
-        fx_f32.rows_scale(x, out, rows, n, shift, scale)
+        fx_f32.rows_scale(x, exps, out, rows, n, shift, scale)
     else:
-        fx_f64.rows_scale(x, out, rows, n, shift, scale)
+        fx_f64.rows_scale(x, exps, out, rows, n, shift, scale)
 
 
 cdef inline void log1p_rests(const double *rest, real *out, Py_ssize_t n) noexcept nogil:
@@ -801,12 +803,13 @@ cdef void xent_index_block_rows(Layout L, LossArgs a, const real *x, real *g, co
 
 
 cdef inline Py_ssize_t lane_classes(const real *dtype, bint with_grad) noexcept nogil:
-    """Rows up to this many classes go lanes across rows (measured: 65536x10 float32 loss 26 -> 18 ns per
-    row). Their gradient pass computes each exp again: past 20 float32 / 12 float64 classes, storing the
-    exps row by row costs less."""
-    if not with_grad:
-        return FX_LANE_CLASSES
-    return 20 if real is float else 12
+    """Rows up to this many classes go lanes across rows, the gradient too: its pass scales the exps the
+    sums stored. Measured, one thread, loss+grad ns per row, lanes against the row path: float32 20 classes
+    43 -> 24, 32 classes 50 -> 30; float64 16 classes 70 -> 52, 20 classes 78 -> 70, 24 a tie, 28 classes
+    88 -> 95 (the block's exps no longer fit the registers)."""
+    if with_grad and real is double:
+        return 24
+    return FX_LANE_CLASSES
 
 
 cdef void xent_index_lane_rows(Layout L, LossArgs a, const real *x, real *g, const index_t *y, const real *weight,
@@ -818,6 +821,7 @@ cdef void xent_index_lane_rows(Layout L, LossArgs a, const real *x, real *g, con
     cdef real logs[ROW_BLOCK]
     cdef real scales[ROW_BLOCK]
     cdef real targets[ROW_BLOCK]
+    cdef real exps[ROW_BLOCK * FX_LANE_CLASSES_MAX]  # the block's exps for the gradient pass
     cdef double rests[ROW_BLOCK]
     cdef double coefs[ROW_BLOCK]
     cdef double numerators[ROW_BLOCK]  # a: the gradient is a * p - c at the target
@@ -831,7 +835,7 @@ cdef void xent_index_lane_rows(Layout L, LossArgs a, const real *x, real *g, con
             for r in range(count):
                 target = y[start + r]
                 targets[r] = x[(start + r) * n + target] if 0 <= target < n else 0
-        rows_stats(x + start * n, count, n, shifts, rests, logs)
+        rows_stats(x + start * n, count, n, shifts, rests, logs, exps if a.with_grad else NULL)
         for r in range(count):
             row = start + r
             target = y[row]
@@ -852,7 +856,7 @@ cdef void xent_index_lane_rows(Layout L, LossArgs a, const real *x, real *g, con
                 numerators[r] = coefs[r] + upstream * 2.0 * a.z_coef * row_lse if a.z_coef != 0 else coefs[r]
                 scales[r] = <real>(numerators[r] / (1.0 + rests[r]))
         if a.with_grad:
-            rows_scale(x + start * n, g + start * n, count, n, shifts, scales)
+            rows_scale(x + start * n, exps, g + start * n, count, n, shifts, scales)
             for r in range(count):
                 row = start + r
                 target = y[row]

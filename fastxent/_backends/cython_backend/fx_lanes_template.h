@@ -12,20 +12,16 @@
 
 #if FX_INTRINSICS
 #if FX_IS_DOUBLE
-#define FX_GATHER(base, index) _mm256_i32gather_pd(base, index, 8)
-#define FX_INDEX __m128i
-#define FX_LANE_INDEX(n) _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32((int)(n)))
 #define FX_CMP _mm256_cmp_pd
+#define FX_T_MUL _mm256_mul_pd
 #define FX_BLEND _mm256_blendv_pd
 #define FX_AND _mm256_and_pd
 #define FX_ANDNOT2 _mm256_andnot_pd
 #define FX_MOVEMASK2 _mm256_movemask_pd
 #define FX_ALL_LANES 0xf
 #else
-#define FX_GATHER(base, index) _mm256_i32gather_ps(base, index, 4)
-#define FX_INDEX __m256i
-#define FX_LANE_INDEX(n) _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)(n)))
 #define FX_CMP _mm256_cmp_ps
+#define FX_T_MUL _mm256_mul_ps
 #define FX_BLEND _mm256_blendv_ps
 #define FX_AND _mm256_and_ps
 #define FX_ANDNOT2 _mm256_andnot_ps
@@ -103,26 +99,85 @@ static inline FX_ATTR __m256 FX(fx_vlog1p)(__m256 s) {
 }
 #endif
 
+/* Transposes FX_LANES x FX_LANES values in place: r[i] lane j <-> r[j] lane i. */
+static inline FX_ATTR void FX(fx_transpose)(FX_V *r) {
+#if FX_IS_DOUBLE
+    __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+#else
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+#endif
+}
+
+/* column[c] = class c of FX_LANES consecutive rows of n classes at x
+ * (row-major), for c < n (up to the next multiple of FX_LANES the columns
+ * hold junk): blocks of FX_LANES classes loaded row by row and transposed
+ * in registers. A gather per class did this before, microcoded on AMD
+ * (65536 x 32 float32, stats: 28 -> 14 ns per row). The last block's loads
+ * are masked at the row's end. */
+static inline FX_ATTR void FX(fx_lanes_columns)(const REAL *x, Py_ssize_t n, FX_V *column) {
+    for (Py_ssize_t c0 = 0; c0 < n; c0 += FX_LANES) {
+        FX_V *r = column + c0;
+        if (c0 + FX_LANES <= n) {
+            for (int l = 0; l < FX_LANES; l++) r[l] = FX_LOAD(x + l * n + c0);
+        } else {
+            /* Past a row's end lie the next rows' first classes (unused lanes): plain loads while they
+             * stay inside the block, masked ones where they would pass its end (maybe the array's). */
+            const __m256i mask = FX_TAIL_MASK(n - c0);
+            for (int l = 0; l < FX_LANES; l++)
+#if FX_IS_DOUBLE
+                r[l] = l * n + c0 + FX_LANES <= FX_LANES * n ? FX_LOAD(x + l * n + c0)
+                                                             : _mm256_maskload_pd(x + l * n + c0, mask);
+#else
+                r[l] = l * n + c0 + FX_LANES <= FX_LANES * n ? FX_LOAD(x + l * n + c0)
+                                                             : _mm256_maskload_ps(x + l * n + c0, mask);
+#endif
+        }
+        FX(fx_transpose)(r);
+    }
+}
+
 /* M and S' (see fx_rest) of FX_LANES rows of n <= FX_LANE_CLASSES classes
  * at x (row-major), one row per lane; S' also in REAL into `rest_real`, for
  * the log. As fx_shift_sum: S' = S - 1 from S >= 2; lanes below 2 (or not
  * finite) get the sum over all but the maxima plus the ties beyond the
  * first, and a +inf maximum NaN. */
 static inline FX_ATTR void FX(fx_lanes_stats)(const REAL *x, Py_ssize_t n, REAL *shift, double *rest,
-                                              REAL *rest_real) {
-    FX_V column[FX_LANE_CLASSES];
-    const FX_INDEX index = FX_LANE_INDEX(n);
+                                              REAL *rest_real, REAL *exps) {
+    FX_V column[FX_LANE_CLASSES + FX_LANES];
     const FX_V zero = FX_SET1(0), minus_inf = FX_SET1(-INFINITY);
+    FX(fx_lanes_columns)(x, n, column);
     FX_V m = minus_inf;
-    for (Py_ssize_t c = 0; c < n; c++) {
-        column[c] = FX_GATHER(x + c, index);
-        m = FX_MAX(m, column[c]);
-    }
+    for (Py_ssize_t c = 0; c < n; c++) m = FX_MAX(m, column[c]);
     m = FX_BLEND(m, zero, FX_CMP(m, minus_inf, _CMP_EQ_OQ));
     /* Four sums: shorter dependency chains, and rounding closer to a pairwise sum's. */
-    FX_V part[4] = {zero, zero, zero, zero};
+    FX_V part[4] = {zero, zero, zero, zero}, e[FX_LANE_CLASSES];
     Py_ssize_t c = 0;
-    for (; c < n; c++) part[c % 4] = FX_ADD(part[c % 4], FX(fx_vexp)(FX_SUB(column[c], m)));
+    for (; c < n; c++) {
+        e[c] = FX(fx_vexp)(FX_SUB(column[c], m));
+        part[c % 4] = FX_ADD(part[c % 4], e[c]);
+    }
+    if (exps != NULL)
+        for (c = 0; c < n; c++) FX_STORE(exps + c * FX_LANES, e[c]);
     FX_V total = FX_ADD(FX_ADD(part[0], part[1]), FX_ADD(part[2], part[3]));
     FX_V whole = FX_CMP(total, FX_SET1(2), _CMP_GE_OQ);
     FX_V r = FX_SUB(total, FX_SET1(1));
@@ -131,7 +186,7 @@ static inline FX_ATTR void FX(fx_lanes_stats)(const REAL *x, Py_ssize_t n, REAL 
         FX_V below = zero, ties = zero;
         for (c = 0; c < n; c++) {
             FX_V q = FX_CMP(column[c], m, _CMP_EQ_OQ);
-            below = FX_ADD(below, FX_ANDNOT2(q, FX(fx_vexp)(FX_SUB(column[c], m))));
+            below = FX_ADD(below, FX_ANDNOT2(q, e[c]));
             ties = FX_ADD(ties, FX_AND(q, FX_SET1(1)));
         }
         FX_V exact = FX_ADD(below, FX_SUB(ties, FX_SET1(1)));
@@ -148,32 +203,33 @@ static inline FX_ATTR void FX(fx_lanes_stats)(const REAL *x, Py_ssize_t n, REAL 
 #endif
 }
 
-/* out[r, :] = exp(x[r, :] - shift[r]) * scale[r] over FX_LANES rows of n
- * classes: n full vectors in the rows' own layout, lane l of vector j
- * belonging to row (FX_LANES * j + l) / n, whose shift and scale a permute
- * brings in (`owner` holds those row numbers; doubles as pairs of 32-bit
- * halves). out may be x. */
-static inline FX_ATTR void FX(fx_lanes_scale)(const REAL *x, REAL *out, Py_ssize_t n, const REAL *shift,
-                                              const REAL *scale, const __m256i *owner) {
-#if FX_IS_DOUBLE
-    const __m256i shifts = _mm256_castpd_si256(_mm256_loadu_pd(shift));
-    const __m256i scales = _mm256_castpd_si256(_mm256_loadu_pd(scale));
-    for (Py_ssize_t j = 0; j < n; j++) {
-        __m256d m = _mm256_castsi256_pd(_mm256_permutevar8x32_epi32(shifts, owner[j]));
-        __m256d a = _mm256_castsi256_pd(_mm256_permutevar8x32_epi32(scales, owner[j]));
-        __m256d e = FX(fx_vexp)(_mm256_sub_pd(_mm256_loadu_pd(x + 4 * j), m));
-        _mm256_storeu_pd(out + 4 * j, _mm256_mul_pd(e, a));
+/* out[l, :] = exps[:, l] * scale[l] for the first `valid` of FX_LANES rows of
+ * n classes, from their exps as fx_lanes_stats stored them (class-major):
+ * blocks of FX_LANES classes multiplied, transposed back and stored row by
+ * row. No exp again, no permutes; out may be the logits. The block of the
+ * last classes goes first, its stores full-width: each spills into the
+ * next row's first classes, which later stores overwrite (a masked store
+ * costs several plain ones on AMD). A store that would pass the last row's
+ * end is masked: there lie rows of another block, or the array's end. */
+static inline FX_ATTR void FX(fx_lanes_scale)(const REAL *exps, REAL *out, Py_ssize_t n, const REAL *scale,
+                                              Py_ssize_t valid) {
+    const FX_V a = FX_LOAD(scale), zero = FX_SET1(0);
+    for (Py_ssize_t c0 = (n - 1) / FX_LANES * FX_LANES; c0 >= 0; c0 -= FX_LANES) {
+        FX_V r[FX_LANES];
+        for (int j = 0; j < FX_LANES; j++) r[j] = c0 + j < n ? FX_T_MUL(FX_LOAD(exps + (c0 + j) * FX_LANES), a) : zero;
+        FX(fx_transpose)(r);
+        if (c0 + FX_LANES <= n) {
+            for (Py_ssize_t l = 0; l < valid; l++) FX_STORE(out + l * n + c0, r[l]);
+        } else {
+            const __m256i mask = FX_TAIL_MASK(n - c0);
+            for (Py_ssize_t l = 0; l < valid; l++) {
+                if (l * n + c0 + FX_LANES <= valid * n)
+                    FX_STORE(out + l * n + c0, r[l]);
+                else
+                    FX_MASKSTORE(out + l * n + c0, mask, r[l]);
+            }
+        }
     }
-#else
-    const __m256 shifts = _mm256_loadu_ps(shift);
-    const __m256 scales = _mm256_loadu_ps(scale);
-    for (Py_ssize_t j = 0; j < n; j++) {
-        __m256 m = _mm256_permutevar8x32_ps(shifts, owner[j]);
-        __m256 a = _mm256_permutevar8x32_ps(scales, owner[j]);
-        __m256 e = FX(fx_vexp)(_mm256_sub_ps(_mm256_loadu_ps(x + 8 * j), m));
-        _mm256_storeu_ps(out + 8 * j, _mm256_mul_ps(e, a));
-    }
-#endif
 }
 #endif
 
@@ -199,17 +255,18 @@ static FX_ATTR void FX(fx_log1p_rests)(const double *rest, REAL *out, Py_ssize_t
  * full block, so a row's values never depend on where a thread's range
  * starts), else row by row. */
 static FX_ATTR void FX(fx_rows_stats)(const REAL *x, Py_ssize_t rows, Py_ssize_t n, REAL *shift, double *rest,
-                                      REAL *logs) {
+                                      REAL *logs, REAL *exps) {
     Py_ssize_t r = 0;
 #if FX_INTRINSICS
     if (n >= 1 && n <= FX_LANE_CLASSES) {
-        for (; r + FX_LANES <= rows; r += FX_LANES) FX(fx_lanes_stats)(x + r * n, n, shift + r, rest + r, logs + r);
+        for (; r + FX_LANES <= rows; r += FX_LANES)
+            FX(fx_lanes_stats)(x + r * n, n, shift + r, rest + r, logs + r, exps == NULL ? NULL : exps + r * n);
         if (r < rows) {
             REAL pad[FX_LANES * FX_LANE_CLASSES], pad_shift[FX_LANES], pad_rest_real[FX_LANES];
             double pad_rest[FX_LANES];
             memset(pad, 0, sizeof pad);
             memcpy(pad, x + r * n, (size_t)((rows - r) * n) * sizeof(REAL));
-            FX(fx_lanes_stats)(pad, n, pad_shift, pad_rest, pad_rest_real);
+            FX(fx_lanes_stats)(pad, n, pad_shift, pad_rest, pad_rest_real, exps == NULL ? NULL : exps + r * n);
             for (Py_ssize_t l = 0; r < rows; r++, l++) {
                 shift[r] = pad_shift[l];
                 rest[r] = pad_rest[l];
@@ -236,32 +293,19 @@ static FX_ATTR void FX(fx_rows_stats)(const REAL *x, Py_ssize_t rows, Py_ssize_t
 }
 
 /* out[r, :] = exp(x[r, :] - shift[r]) * scale[r] for `rows` rows of n
- * classes (out may be x); blocks of FX_LANES rows as fx_rows_stats. */
-static FX_ATTR void FX(fx_rows_scale)(const REAL *x, REAL *out, Py_ssize_t rows, Py_ssize_t n, const REAL *shift,
-                                      const REAL *scale) {
+ * classes (out may be x). With AVX2 and n <= FX_LANE_CLASSES, from the exps
+ * fx_rows_stats stored (`exps`, its blocks of FX_LANES rows); else computed
+ * again from x and shift. */
+static FX_ATTR void FX(fx_rows_scale)(const REAL *x, const REAL *exps, REAL *out, Py_ssize_t rows, Py_ssize_t n,
+                                      const REAL *shift, const REAL *scale) {
     Py_ssize_t r = 0;
 #if FX_INTRINSICS
-    if (n >= 1 && n <= FX_LANE_CLASSES) {
-        __m256i owner[FX_LANE_CLASSES];
-        int32_t lanes[8];
-        for (Py_ssize_t j = 0; j < n; j++) {
-            for (int l = 0; l < 8; l++)
-                lanes[l] = FX_IS_DOUBLE ? (int32_t)(2 * ((4 * j + l / 2) / n) + l % 2) : (int32_t)((8 * j + l) / n);
-            owner[j] = _mm256_loadu_si256((const __m256i *)lanes);
-        }
-        for (; r + FX_LANES <= rows; r += FX_LANES)
-            FX(fx_lanes_scale)(x + r * n, out + r * n, n, shift + r, scale + r, owner);
+    if (n >= 1 && n <= FX_LANE_CLASSES && exps != NULL) {
+        for (; r + FX_LANES <= rows; r += FX_LANES) FX(fx_lanes_scale)(exps + r * n, out + r * n, n, scale + r, FX_LANES);
         if (r < rows) {
-            REAL pad[FX_LANES * FX_LANE_CLASSES], pad_shift[FX_LANES], pad_scale[FX_LANES];
-            size_t count = (size_t)((rows - r) * n);
-            memset(pad, 0, sizeof pad);
-            memcpy(pad, x + r * n, count * sizeof(REAL));
-            for (Py_ssize_t l = 0; l < FX_LANES; l++) {
-                pad_shift[l] = r + l < rows ? shift[r + l] : (REAL)0;
-                pad_scale[l] = r + l < rows ? scale[r + l] : (REAL)0;
-            }
-            FX(fx_lanes_scale)(pad, pad, n, pad_shift, pad_scale, owner);
-            memcpy(out + r * n, pad, count * sizeof(REAL));
+            REAL pad_scale[FX_LANES] = {0};
+            memcpy(pad_scale, scale + r, (size_t)(rows - r) * sizeof(REAL));
+            FX(fx_lanes_scale)(exps + r * n, out + r * n, n, pad_scale, rows - r);
         }
         return;
     }
@@ -271,9 +315,7 @@ static FX_ATTR void FX(fx_rows_scale)(const REAL *x, REAL *out, Py_ssize_t rows,
 }
 
 #if FX_INTRINSICS
-#undef FX_GATHER
-#undef FX_INDEX
-#undef FX_LANE_INDEX
+#undef FX_T_MUL
 #undef FX_CMP
 #undef FX_BLEND
 #undef FX_AND

@@ -62,8 +62,9 @@
         void (*tile_scale)(const REAL *, REAL *, Py_ssize_t, Py_ssize_t, Py_ssize_t, const REAL *,       \
                            const REAL *, const REAL *, const REAL *);                                    \
         void (*rows_sums)(const REAL *, REAL *, Py_ssize_t, Py_ssize_t, REAL *, double *);               \
-        void (*rows_stats)(const REAL *, Py_ssize_t, Py_ssize_t, REAL *, double *, REAL *);              \
-        void (*rows_scale)(const REAL *, REAL *, Py_ssize_t, Py_ssize_t, const REAL *, const REAL *);    \
+        void (*rows_stats)(const REAL *, Py_ssize_t, Py_ssize_t, REAL *, double *, REAL *, REAL *);      \
+        void (*rows_scale)(const REAL *, const REAL *, REAL *, Py_ssize_t, Py_ssize_t, const REAL *,     \
+                           const REAL *);                                                                \
         void (*log1p_rests)(const double *, REAL *, Py_ssize_t);                                         \
         void (*tile_finish)(Py_ssize_t, const REAL *, const double *, const REAL *, const REAL *,         \
                             const double *, const double *, const double *, const double *, const REAL *,  \
