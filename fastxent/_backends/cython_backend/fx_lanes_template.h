@@ -173,7 +173,7 @@ static inline FX_ATTR void FX(fx_lanes_stats)(const REAL *x, Py_ssize_t n, REAL 
     FX_V part[4] = {zero, zero, zero, zero}, e[FX_LANE_CLASSES];
     Py_ssize_t c = 0;
     for (; c < n; c++) {
-        e[c] = FX(fx_vexp)(FX_SUB(column[c], m));
+        e[c] = FX(fx_vexp_short)(FX_SUB(column[c], m));
         part[c % 4] = FX_ADD(part[c % 4], e[c]);
     }
     if (exps != NULL)

@@ -115,6 +115,34 @@ static inline FX_ATTR __m256d FX(fx_vexp)(__m256d x) {
     return _mm256_fmadd_pd(_mm256_mul_pd(t, p), scale, scale);
 }
 
+/* exp on 4 lanes as fx_vexp, the polynomial by Estrin's scheme: a chain of 4
+ * FMAs after t**8 instead of Horner's 12, so that the exps of a block of
+ * short rows overlap instead of waiting on each other (65536 x 32 float64
+ * loss: 1.89 -> 1.68 ns per element). Within an ulp of fx_vexp, not equal
+ * to it; slower than it on long rows, whose exps are independent anyway
+ * (1000 classes: 1.50 -> 1.63). */
+static inline FX_ATTR __m256d FX(fx_vexp_short)(__m256d x) {
+    x = _mm256_max_pd(_mm256_set1_pd(-709.0), x);
+    __m256d n = _mm256_fmadd_pd(x, _mm256_set1_pd(1.4426950408889634), _mm256_set1_pd(6755399441056767.0));
+    __m256d scale = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(n), 52));
+    n = _mm256_sub_pd(n, _mm256_set1_pd(6755399441056767.0));
+    __m256d t = _mm256_fmadd_pd(n, _mm256_set1_pd(-0.6931471803691238), x);
+    t = _mm256_fmadd_pd(n, _mm256_set1_pd(-1.9082149292705877e-10), t);
+    /* p(t) = sum t**k / (k + 1)! for k <= 12 */
+    __m256d t2 = _mm256_mul_pd(t, t), t4 = _mm256_mul_pd(t2, t2), t8 = _mm256_mul_pd(t4, t4);
+    __m256d q0 = _mm256_fmadd_pd(t, _mm256_set1_pd(0.5), _mm256_set1_pd(1.0));
+    __m256d q1 = _mm256_fmadd_pd(t, _mm256_set1_pd(1.0 / 24.0), _mm256_set1_pd(1.0 / 6.0));
+    __m256d q2 = _mm256_fmadd_pd(t, _mm256_set1_pd(1.0 / 720.0), _mm256_set1_pd(1.0 / 120.0));
+    __m256d q3 = _mm256_fmadd_pd(t, _mm256_set1_pd(1.0 / 40320.0), _mm256_set1_pd(1.0 / 5040.0));
+    __m256d q4 = _mm256_fmadd_pd(t, _mm256_set1_pd(1.0 / 3628800.0), _mm256_set1_pd(1.0 / 362880.0));
+    __m256d q5 = _mm256_fmadd_pd(t, _mm256_set1_pd(1.0 / 479001600.0), _mm256_set1_pd(1.0 / 39916800.0));
+    __m256d r0 = _mm256_fmadd_pd(q1, t2, q0), r1 = _mm256_fmadd_pd(q3, t2, q2), r2 = _mm256_fmadd_pd(q5, t2, q4);
+    __m256d s0 = _mm256_fmadd_pd(r1, t4, r0);
+    __m256d s1 = _mm256_fmadd_pd(_mm256_set1_pd(1.0 / 6227020800.0), t4, r2);
+    __m256d p = _mm256_fmadd_pd(s1, t8, s0);
+    return _mm256_fmadd_pd(_mm256_mul_pd(t, p), scale, scale);
+}
+
 #else
 /* fx_exp on 8 lanes: the same operations, so the same values. */
 static inline FX_ATTR __m256 FX(fx_vexp)(__m256 x) {
@@ -131,6 +159,9 @@ static inline FX_ATTR __m256 FX(fx_vexp)(__m256 x) {
     t = _mm256_mul_ps(t, scale);
     return _mm256_fmadd_ps(t, p, scale);
 }
+
+/* float32's polynomial is short: its Horner chain is no bottleneck. */
+static inline FX_ATTR __m256 FX(fx_vexp_short)(__m256 x) { return FX(fx_vexp)(x); }
 
 #endif
 
