@@ -17,7 +17,7 @@ from .._xent import cross_entropy as _np_cross_entropy
 from .._xent import cross_entropy_and_grad as _np_cross_entropy_and_grad
 from ._backward import refuse_double_backward, scaled
 from ._checks import check_device, check_reduction
-from ._tensors import HALF, as_numpy, to_tensor
+from ._tensors import HALF, as_numpy, empty_tensor, to_tensor
 
 #: The tensor arguments, named in errors.
 XENT_NAMES = ("input", "target", "weight")
@@ -77,7 +77,7 @@ def cross_entropy_impl(
     dtype = input.dtype
     logits, labels = as_numpy(input), as_numpy(target)
     weights = None if weight is None else as_numpy(weight)
-    grad = torch.empty(input.shape, dtype=torch.float32 if dtype in HALF else dtype)
+    grad = empty_tensor(tuple(input.shape), logits.dtype)  # float32 for half precision, as `logits`
     loss, _ = _np_cross_entropy_and_grad(
         logits,
         labels,
