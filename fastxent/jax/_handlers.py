@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import numpy as np
 
+from .. import _dispatch
 from .._xent import cross_entropy as _np_cross_entropy
 from .._xent import cross_entropy_and_grad as _np_cross_entropy_and_grad
 from ._huge_pages import advise_huge_pages
@@ -51,10 +54,36 @@ def _run_loss(inputs: list[np.ndarray], outputs: list[np.ndarray], attributes: d
     outputs[0][...] = np.asarray(loss).reshape(outputs[0].shape)
 
 
+#: Below this a gradient is scaled on one thread (handing work to another costs ~20 us).
+_SPLIT_BYTES = 4 * 2**20
+
+
+@functools.cache
+def _helpers(count: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=count, thread_name_prefix="fastxent-jax-scale")
+
+
 def _run_scale(inputs: list[np.ndarray], outputs: list[np.ndarray], attributes: dict[str, int]) -> None:
-    """``outputs[0] = inputs[0] * cotangent`` along the class axis; in place when XLA aliases the two."""
+    """``outputs[0] = inputs[0] * cotangent`` along the class axis; in place when XLA aliases the two.
+
+    A large gradient is split by leading rows over fastxent's threads (NumPy's multiply is one thread, and
+    this sweep is half of a value_and_grad: 8192 x 1000 float32, 2.6 -> 1.35 ms on two threads).
+    """
     grad, cotangent = inputs
-    np.multiply(grad, np.expand_dims(cotangent, attributes["axis"]), out=outputs[0])
+    out = outputs[0]
+    scale = np.expand_dims(cotangent, attributes["axis"])
+    threads = min(_dispatch.get_num_threads(), grad.shape[0] if grad.ndim else 1)
+    if threads < 2 or out.nbytes < _SPLIT_BYTES or scale.shape[0] != grad.shape[0]:
+        np.multiply(grad, scale, out=out)
+        return
+    bounds = [grad.shape[0] * part // threads for part in range(threads + 1)]
+    parts = [
+        _helpers(threads - 1).submit(np.multiply, grad[a:b], scale[a:b], out=out[a:b])
+        for a, b in zip(bounds[1:-1], bounds[2:])
+    ]
+    np.multiply(grad[: bounds[1]], scale[: bounds[1]], out=out[: bounds[1]])
+    for part in parts:
+        part.result()
 
 
 _HANDLERS = {"fastxent_cross_entropy": ffi_handler(_run_loss), "fastxent_scale_rows": ffi_handler(_run_scale)}
