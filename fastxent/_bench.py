@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import _bench_peers, _dispatch, _xent
+from . import _bench_peers, _dispatch, _normalize, _xent
 
 #: (shape, dtype name) of the default benchmark: the issues' table.
 DEFAULT_CASES: tuple[tuple[tuple[int, ...], str], ...] = (
@@ -31,7 +31,10 @@ DEFAULT_CASES: tuple[tuple[tuple[int, ...], str], ...] = (
     ((8, 21, 256, 256), "float32"),
     ((8192, 1000), "float64"),
 )
-OPERATIONS = ("loss", "loss+grad")
+OPERATIONS = ("loss", "loss+grad", "softmax", "log_softmax", "logsumexp")
+#: The operations that only read the logits (held to ``np.sum``); the others also write an array of
+#: theirs (held to ``np.copyto``).
+READ_ONLY = ("loss", "logsumexp")
 
 
 @dataclass
@@ -50,8 +53,8 @@ class Case:
 
     @property
     def reference_gbs(self) -> float:
-        """The bandwidth this operation is held to: one read for the loss, read+write with a gradient."""
-        return self.read_gbs if self.operation == "loss" else self.copy_gbs
+        """The bandwidth this operation is held to: one read (loss, logsumexp), else a read and a write."""
+        return self.read_gbs if self.operation in READ_ONLY else self.copy_gbs
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -93,11 +96,18 @@ def make_inputs(shape: tuple[int, ...], dtype: str, seed: int = 0) -> tuple[np.n
 
 
 def _fastxent_call(operation: str, logits: np.ndarray, target: np.ndarray) -> Callable[[], object]:
-    # The gradient goes to a buffer made once (the peers allocate theirs; the latency table does too).
+    # An array result goes to a buffer made once (the peers allocate theirs; the latency table does too).
+    axis = 0 if logits.ndim == 1 else 1
     if operation == "loss":
         return lambda: _xent.cross_entropy(logits, target, reduction="none")
-    grad_out = np.empty_like(logits)
-    return lambda: _xent.cross_entropy_and_grad(logits, target, reduction="none", grad_out=grad_out)
+    if operation == "logsumexp":
+        return lambda: _normalize.logsumexp(logits, axis=axis)
+    out = np.empty_like(logits)
+    if operation == "softmax":
+        return lambda: _normalize.softmax(logits, axis=axis, out=out)
+    if operation == "log_softmax":
+        return lambda: _normalize.log_softmax(logits, axis=axis, out=out)
+    return lambda: _xent.cross_entropy_and_grad(logits, target, reduction="none", grad_out=out)
 
 
 def fastest_peer(
@@ -149,7 +159,8 @@ def measure_case(
     """Measure every operation of one array; returns one :class:`Case` per operation.
 
     ``loss+grad`` is timed with ``reduction="none"`` (the peers use an upstream
-    gradient of ones, which gives the same gradient).
+    gradient of ones, which gives the same gradient); softmax, log_softmax
+    and logsumexp along the class axis.
     """
     logits, target = make_inputs(shape, dtype)
     nbytes = logits.nbytes
@@ -164,6 +175,7 @@ def measure_case(
             operation, "none", logits, target, threads, peers, repeats
         ).items():
             case.peers[peer] = nbytes / seconds / 1e9
-            case.formulations[peer] = formulation
+            if operation not in _bench_peers.NORMALIZERS:  # each peer has one call for these
+                case.formulations[peer] = formulation
         cases.append(case)
     return cases

@@ -6,7 +6,9 @@ call:
 
 - ``"loss"``: per-row losses (``reduction="none"``);
 - ``"loss+grad"``: the loss reduced by ``reduction`` (``"none"`` or
-  ``"sum"``) and the gradient of the summed loss, freshly allocated.
+  ``"sum"``) and the gradient of the summed loss, freshly allocated;
+- ``"softmax"``, ``"log_softmax"``, ``"logsumexp"``: along the class axis
+  (:data:`NORMALIZERS`), the result freshly allocated.
 
 A peer may offer several formulations; ``bench`` times each and reports the
 fastest (issue 13: every peer at its fastest public formulation), and says
@@ -40,8 +42,25 @@ class Peer:
     install: str = ""
 
 
+#: The operations that normalise along the class axis, with no targets.
+NORMALIZERS = ("softmax", "log_softmax", "logsumexp")
+
+
 def _class_axis(logits: np.ndarray) -> int:
     return 0 if logits.ndim == 1 else 1
+
+
+def numpy_hand_normalizer(operation: str, logits: np.ndarray) -> np.ndarray:
+    """softmax, log_softmax or logsumexp as a user writes them in NumPy: max-shift, exp, sum (and log)."""
+    axis = _class_axis(logits)
+    z = logits - logits.max(axis, keepdims=True)
+    if operation == "log_softmax":
+        return z - np.log(np.exp(z).sum(axis, keepdims=True))
+    e = np.exp(z)
+    if operation == "softmax":
+        e /= e.sum(axis, keepdims=True)
+        return e
+    return np.log(e.sum(axis)) + logits.max(axis)
 
 
 def _label_index(target: np.ndarray, axis: int) -> tuple[np.ndarray, ...]:
@@ -82,6 +101,8 @@ def numpy_hand_loss_and_grad(
 
 
 def _numpy_hand(operation: str, reduction: str, logits: np.ndarray, target: np.ndarray, threads: int) -> Calls:
+    if operation in NORMALIZERS:
+        return (lambda: numpy_hand_normalizer(operation, logits),)
     if operation == "loss":
         return (lambda: numpy_hand_loss(logits, target),)
     return (lambda: numpy_hand_loss_and_grad(logits, target, reduction),)
@@ -96,6 +117,10 @@ def _torch(operation: str, reduction: str, logits: np.ndarray, target: np.ndarra
     torch.set_num_threads(threads)
     x = torch.from_numpy(logits)
     t = torch.from_numpy(target)
+    if operation in NORMALIZERS:
+        function = {"softmax": torch.softmax, "log_softmax": torch.log_softmax, "logsumexp": torch.logsumexp}
+        dim = _class_axis(logits)
+        return (lambda: function[operation](x, dim),)
     if operation == "loss":
 
         def forward() -> object:
@@ -126,6 +151,11 @@ def _jax(operation: str, reduction: str, logits: np.ndarray, target: np.ndarray,
     x = jnp.asarray(logits)
     t = jnp.asarray(target)
     axis = _class_axis(logits)
+    if operation in NORMALIZERS:
+        function = {"softmax": jax.nn.softmax, "log_softmax": jax.nn.log_softmax, "logsumexp": jax.nn.logsumexp}
+        normalizer = jax.jit(lambda z: function[operation](z, axis=axis))
+        # One formulation; reported in the first formulation's slot (the table names the loss's).
+        return (lambda: normalizer(x).block_until_ready(),)
 
     def picked(values: Any, labels: Any) -> Any:
         return jnp.take_along_axis(values, jnp.expand_dims(labels, axis), axis=axis).squeeze(axis)
@@ -150,7 +180,7 @@ def _jax(operation: str, reduction: str, logits: np.ndarray, target: np.ndarray,
 
 def _tensorflow(operation: str, reduction: str, logits: np.ndarray, target: np.ndarray, threads: int) -> Calls:
     """TensorFlow's fused sparse op (class axis last, so 2-D only)."""
-    if logits.ndim != 2:
+    if logits.ndim != 2 or operation in NORMALIZERS:
         return ()
     try:
         import tensorflow as tf

@@ -92,6 +92,33 @@ def test_empty_arrays(backend, shape, axis):
     np.testing.assert_array_equal(fastxent.logsumexp(x, axis=axis), expected)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_classes", [1, 2, 3, 7, 8, 9, 12, 20, 24, 25, 32, 33])
+def test_short_rows_every_block_size(backend, dtype, n_classes):
+    """Short rows go a block of rows at a time (lanes across rows, stores spilling into the next row): every
+    row count, against the NumPy reference, into a fenced ``out`` and in place, nothing written outside."""
+    rng = np.random.default_rng(n_classes)
+    for rows in (1, 3, 5, 9, 67, 1003):
+        x = (rng.standard_normal((rows, n_classes)) * 4).astype(dtype)
+        x[rows // 2, 0] = -np.inf
+        with fastxent.use_backend("numpy"):
+            want = {name: fastxent.softmax(x) if name == "softmax" else fastxent.log_softmax(x)
+                    for name in ("softmax", "log_softmax")}  # fmt: skip
+            want_lse = fastxent.logsumexp(x, axis=-1)
+        eps = np.finfo(dtype).eps
+        np.testing.assert_allclose(fastxent.logsumexp(x, axis=-1), want_lse, rtol=8 * eps, atol=8 * eps)
+        for name, function in (("softmax", fastxent.softmax), ("log_softmax", fastxent.log_softmax)):
+            np.testing.assert_allclose(function(x), want[name], rtol=8 * eps, atol=8 * eps)
+            fenced = np.full(rows * n_classes + 64, np.nan, dtype)
+            inside = fenced[32 : 32 + rows * n_classes].reshape(rows, n_classes)
+            function(x, out=inside)
+            np.testing.assert_array_equal(inside, function(x))
+            inside[...] = x
+            function(inside, out=inside)
+            np.testing.assert_array_equal(inside, function(x))
+            assert np.isnan(fenced[:32]).all() and np.isnan(fenced[32 + rows * n_classes :]).all()
+
+
 class TestOut:
     @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
     def test_out_contiguous_strided_and_aliased(self, backend, name):

@@ -43,6 +43,7 @@ cdef extern from "fx_simd.h" nogil:
         void (*rows_scale)(const float *, const float *, float *, Py_ssize_t, Py_ssize_t, const float *,
                            const float *) noexcept nogil
         void (*log1p_rests)(const double *, float *, Py_ssize_t) noexcept nogil
+        void (*rows_shifted)(const float *, float *, Py_ssize_t, Py_ssize_t, const float *, const float *) noexcept nogil
         void (*tile_finish)(Py_ssize_t, const float *, const double *, const float *, const float *, const double *,
                             const double *, const double *, const double *, const float *, double, double, double,
                             double, int, float *, float *, float *, float *, double *, double *) noexcept nogil
@@ -59,6 +60,7 @@ cdef extern from "fx_simd.h" nogil:
         void (*rows_scale)(const double *, const double *, double *, Py_ssize_t, Py_ssize_t, const double *,
                            const double *) noexcept nogil
         void (*log1p_rests)(const double *, double *, Py_ssize_t) noexcept nogil
+        void (*rows_shifted)(const double *, double *, Py_ssize_t, Py_ssize_t, const double *, const double *) noexcept nogil
         void (*tile_finish)(Py_ssize_t, const double *, const double *, const double *, const double *, const double *,
                             const double *, const double *, const double *, const double *, double, double, double,
                             double, int, double *, double *, double *, double *, double *, double *) noexcept nogil
@@ -210,6 +212,14 @@ cdef inline void rows_scale(const real *x, const real *exps, real *out, Py_ssize
         fx_f32.rows_scale(x, exps, out, rows, n, shift, scale)
     else:
         fx_f64.rows_scale(x, exps, out, rows, n, shift, scale)
+
+
+cdef inline void rows_shifted(const real *x, real *out, Py_ssize_t rows, Py_ssize_t n, const real *shift,
+                              const real *logs) noexcept nogil:
+    if real is float:
+        fx_f32.rows_shifted(x, out, rows, n, shift, logs)
+    else:
+        fx_f64.rows_shifted(x, out, rows, n, shift, logs)
 
 
 cdef inline void log1p_rests(const double *rest, real *out, Py_ssize_t n) noexcept nogil:
@@ -709,9 +719,42 @@ cdef inline Py_ssize_t first_unit(Layout L, int part, int parts) noexcept nogil:
     return L.units * part // parts
 
 
+cdef enum:
+    ROW_BLOCK = 64            # at most this many rows per rows_sums call
+    ROW_BLOCK_BYTES = 32768   # and at most this much of them, so their exps are still in cache for the scaling
+
+
+cdef inline Py_ssize_t lane_classes(const real *dtype, bint with_grad) noexcept nogil:
+    """Rows up to this many classes go lanes across rows, the gradient too: its pass scales the exps the
+    sums stored. Measured, one thread, loss+grad ns per row, lanes against the row path: float32 20 classes
+    43 -> 24, 32 classes 50 -> 30; float64 16 classes 70 -> 52, 20 classes 78 -> 70, 24 a tie, 28 classes
+    88 -> 95 (the block's exps no longer fit the registers)."""
+    if with_grad and real is double:
+        return 24
+    return FX_LANE_CLASSES
+
+
+cdef void lse_lane_rows(Layout L, const real *x, real *out, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    """Short rows: their M and log1p(S') lanes across rows (fx_rows_stats), a block of rows at a time."""
+    cdef real shifts[ROW_BLOCK]
+    cdef real logs[ROW_BLOCK]
+    cdef double rests[ROW_BLOCK]
+    cdef Py_ssize_t start = first, r, count, n = L.n_classes
+    while start < last:
+        count = min(<Py_ssize_t>ROW_BLOCK, last - start)
+        rows_stats(x + start * n, count, n, shifts, rests, logs, NULL)
+        for r in range(count):
+            out[start + r] = special_lse(x + (start + r) * n, n, 1, shifts[r], logs[r])
+        start += count
+
+
 cdef int lse_units(Layout L, const real *x, real *out, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
-    cdef TileScratch s = new_scratch(L.width, L.n_classes, sizeof(real), False, False, 0)
+    cdef TileScratch s
     cdef Py_ssize_t unit, offset, position, w
+    if L.stride == 1 and 0 < L.n_classes <= lane_classes(x, False):
+        lse_lane_rows(L, x, out, first, last)
+        return 0
+    s = new_scratch(L.width, L.n_classes, sizeof(real), False, False, 0)
     if s.ok:
         for unit in range(first, last):
             offset = locate(L, unit, &position, &w)
@@ -720,10 +763,37 @@ cdef int lse_units(Layout L, const real *x, real *out, Py_ssize_t first, Py_ssiz
     return not s.ok
 
 
+cdef void softmax_lane_rows(Layout L, const real *x, real *out, bint log_space, Py_ssize_t first,
+                            Py_ssize_t last) noexcept nogil:
+    """Short rows: M, S' and log1p(S') lanes across rows, then ``exps / S`` from the exps the sums stored, or
+    ``(x - M) - log(S)`` by blocks of rows transposed (fx_lanes_template.h)."""
+    cdef real shifts[ROW_BLOCK]
+    cdef real logs[ROW_BLOCK]
+    cdef real scales[ROW_BLOCK]
+    cdef real exps[ROW_BLOCK * FX_LANE_CLASSES_MAX]
+    cdef double rests[ROW_BLOCK]
+    cdef Py_ssize_t start = first, r, count, n = L.n_classes
+    while start < last:
+        count = min(<Py_ssize_t>ROW_BLOCK, last - start)
+        rows_stats(x + start * n, count, n, shifts, rests, logs, NULL if log_space else exps)
+        if log_space:
+            rows_shifted(x + start * n, out + start * n, count, n, shifts, logs)
+        else:
+            for r in range(count):
+                scales[r] = <real>(1 / (1.0 + rests[r]))
+            rows_scale(x + start * n, exps, out + start * n, count, n, shifts, scales)
+        start += count
+
+
 cdef int softmax_units(Layout L, const real *x, real *out, bint log_space, Py_ssize_t first,
                        Py_ssize_t last) noexcept nogil:
-    cdef TileScratch s = new_scratch(L.width, L.n_classes, sizeof(real), False, False, 0)
+    cdef TileScratch s
     cdef Py_ssize_t unit, offset, position, w
+    # Like a gradient, a softmax's pass scales stored exps: the gradient's lane limit.
+    if L.stride == 1 and 0 < L.n_classes <= lane_classes(x, True):
+        softmax_lane_rows(L, x, out, log_space, first, last)
+        return 0
+    s = new_scratch(L.width, L.n_classes, sizeof(real), False, False, 0)
     if s.ok:
         for unit in range(first, last):
             offset = locate(L, unit, &position, &w)
@@ -762,11 +832,6 @@ cdef inline void xent_index_unit(const real *x, real *g, const index_t *y, Py_ss
                    gs[0] if with_grad else 0.0, with_grad, <real *>s.capped)
 
 
-cdef enum:
-    ROW_BLOCK = 64            # at most this many rows per rows_sums call
-    ROW_BLOCK_BYTES = 32768   # and at most this much of them, so their exps are still in cache for the scaling
-
-
 cdef void xent_index_block_rows(Layout L, LossArgs a, const real *x, real *g, const index_t *y, const real *weight,
                                 real *loss, real *lse, const double *gs, Py_ssize_t first,
                                 Py_ssize_t last) noexcept nogil:
@@ -800,16 +865,6 @@ cdef void xent_index_block_rows(Layout L, LossArgs a, const real *x, real *g, co
                               a.weight_sum, a.eps, a.z_coef, shifts[r], rests[r], loss + row, lse + row,
                               (gs[row] if gs != NULL else a.gs_scalar) if a.with_grad else 0.0, a.with_grad, NULL)
         start += count
-
-
-cdef inline Py_ssize_t lane_classes(const real *dtype, bint with_grad) noexcept nogil:
-    """Rows up to this many classes go lanes across rows, the gradient too: its pass scales the exps the
-    sums stored. Measured, one thread, loss+grad ns per row, lanes against the row path: float32 20 classes
-    43 -> 24, 32 classes 50 -> 30; float64 16 classes 70 -> 52, 20 classes 78 -> 70, 24 a tie, 28 classes
-    88 -> 95 (the block's exps no longer fit the registers)."""
-    if with_grad and real is double:
-        return 24
-    return FX_LANE_CLASSES
 
 
 cdef void xent_index_lane_rows(Layout L, LossArgs a, const real *x, real *g, const index_t *y, const real *weight,

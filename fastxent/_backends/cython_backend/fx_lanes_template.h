@@ -314,6 +314,52 @@ static FX_ATTR void FX(fx_rows_scale)(const REAL *x, const REAL *exps, REAL *out
         for (Py_ssize_t c = 0; c < n; c++) out[r * n + c] = FX(fx_exp)(x[r * n + c] - shift[r]) * scale[r];
 }
 
+/* out[r, :] = (x[r, :] - shift[r]) - logs[r] for `rows` rows of n classes
+ * (log-softmax; out may be x). With AVX2 and n <= FX_LANE_CLASSES, blocks
+ * of FX_LANES rows transposed in, shifted as vectors and transposed back
+ * (stores as fx_lanes_scale's); else row by row. */
+static FX_ATTR void FX(fx_rows_shifted)(const REAL *x, REAL *out, Py_ssize_t rows, Py_ssize_t n, const REAL *shift,
+                                        const REAL *logs) {
+    Py_ssize_t r = 0;
+#if FX_INTRINSICS
+    if (n >= 1 && n <= FX_LANE_CLASSES) {
+        FX_V column[FX_LANE_CLASSES + FX_LANES];
+        REAL pad[FX_LANES * FX_LANE_CLASSES], pad_shift[FX_LANES], pad_logs[FX_LANES];
+        for (; r < rows; r += FX_LANES) {
+            Py_ssize_t valid = rows - r < FX_LANES ? rows - r : FX_LANES;
+            const REAL *block = x + r * n, *m_at = shift + r, *l_at = logs + r;
+            if (valid < FX_LANES) {  /* a padded copy: the loads read whole blocks */
+                memset(pad, 0, sizeof pad);
+                memcpy(pad, block, (size_t)(valid * n) * sizeof(REAL));
+                memset(pad_shift, 0, sizeof pad_shift);
+                memset(pad_logs, 0, sizeof pad_logs);
+                memcpy(pad_shift, m_at, (size_t)valid * sizeof(REAL));
+                memcpy(pad_logs, l_at, (size_t)valid * sizeof(REAL));
+                block = pad, m_at = pad_shift, l_at = pad_logs;
+            }
+            FX(fx_lanes_columns)(block, n, column);
+            const FX_V m = FX_LOAD(m_at), l = FX_LOAD(l_at);
+            REAL *target = out + r * n;
+            for (Py_ssize_t c0 = (n - 1) / FX_LANES * FX_LANES; c0 >= 0; c0 -= FX_LANES) {
+                FX_V v[FX_LANES];
+                for (int j = 0; j < FX_LANES; j++) v[j] = FX_SUB(FX_SUB(column[c0 + j], m), l);
+                FX(fx_transpose)(v);
+                const __m256i mask = FX_TAIL_MASK(n - c0);
+                for (Py_ssize_t k = 0; k < valid; k++) {
+                    if (c0 + FX_LANES <= n || k * n + c0 + FX_LANES <= valid * n)
+                        FX_STORE(target + k * n + c0, v[k]);
+                    else
+                        FX_MASKSTORE(target + k * n + c0, mask, v[k]);
+                }
+            }
+        }
+        return;
+    }
+#endif
+    for (; r < rows; r++)
+        for (Py_ssize_t c = 0; c < n; c++) out[r * n + c] = (x[r * n + c] - shift[r]) - logs[r];
+}
+
 #if FX_INTRINSICS
 #undef FX_T_MUL
 #undef FX_CMP

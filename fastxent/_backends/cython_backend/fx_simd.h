@@ -66,6 +66,7 @@
         void (*rows_scale)(const REAL *, const REAL *, REAL *, Py_ssize_t, Py_ssize_t, const REAL *,     \
                            const REAL *);                                                                \
         void (*log1p_rests)(const double *, REAL *, Py_ssize_t);                                         \
+        void (*rows_shifted)(const REAL *, REAL *, Py_ssize_t, Py_ssize_t, const REAL *, const REAL *);  \
         void (*tile_finish)(Py_ssize_t, const REAL *, const double *, const REAL *, const REAL *,         \
                             const double *, const double *, const double *, const double *, const REAL *,  \
                             double, double, double, double, int, REAL *, REAL *, REAL *, REAL *, double *, \
@@ -79,7 +80,7 @@ FX_TABLE(double, f64)
     {fx_shift_sum_##SUF##_##ISA, fx_store_exp_##SUF##_##ISA, fx_scale_##SUF##_##ISA,                    \
      fx_shifted_##SUF##_##ISA, fx_tile_stats_##SUF##_##ISA, fx_tile_scale_##SUF##_##ISA,                 \
      fx_rows_sums_##SUF##_##ISA, fx_rows_stats_##SUF##_##ISA, fx_rows_scale_##SUF##_##ISA, \
-     fx_log1p_rests_##SUF##_##ISA, fx_tile_finish_##SUF##_##ISA}
+     fx_log1p_rests_##SUF##_##ISA, fx_rows_shifted_##SUF##_##ISA, fx_tile_finish_##SUF##_##ISA}
 
 static fx_table_f32 fx_f32 = FX_FILL(f32, generic);
 static fx_table_f64 fx_f64 = FX_FILL(f64, generic);
