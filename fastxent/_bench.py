@@ -27,11 +27,14 @@ DEFAULT_CASES: tuple[tuple[tuple[int, ...], str], ...] = (
     ((65536, 10), "float32"),
     ((65536, 32), "float32"),
     ((65536, 10), "float64"),
+    ((65536, 32), "float64"),
     ((256, 128256), "float32"),
     ((8, 21, 256, 256), "float32"),
     ((8192, 1000), "float64"),
 )
 OPERATIONS = ("loss", "loss+grad", "softmax", "log_softmax", "logsumexp")
+#: Pause before timing a backend (see :func:`measure_case`).
+SETTLE_SECONDS = 0.1
 #: The operations that only read the logits (held to ``np.sum``); the others also write an array of
 #: theirs (held to ``np.copyto``).
 READ_ONLY = ("loss", "logsumexp")
@@ -169,6 +172,9 @@ def measure_case(
     for operation in OPERATIONS:
         case = Case(shape, dtype, operation, read_gbs, copy_gbs)
         for name in backends:
+            # The peers' thread pools spin a while after their calls (torch's OpenMP: fastxent ~15 % slower
+            # right after a torch call on two cores): let them park first.
+            time.sleep(SETTLE_SECONDS)
             with _dispatch.use_backend(name):
                 case.backends[name] = nbytes / time_call(_fastxent_call(operation, logits, target), repeats) / 1e9
         for peer, (seconds, formulation) in measure_peers(

@@ -222,9 +222,12 @@ def _bench_command(args: argparse.Namespace) -> int:
     )
     if cases:
         print("GB/s of logits; read = np.sum, copy = np.copyto on the same array; best/bw = best compiled")
-        print("backend over read (loss) or copy (loss+grad) bandwidth; 'x NAME' = its speed-up over NAME.")
-        print("numpy-ref = fastxent's NumPy reference backend; numpy-hand = the loss (and softmax - one-hot)")
-        print("written by hand in NumPy. reduction='none', int64 class-index targets.\n")
+        print(
+            "backend over read (loss, logsumexp) or copy (loss+grad, softmax, log_softmax) bandwidth; "
+            "'x NAME' = its speed-up over NAME."
+        )
+        print("numpy-ref = fastxent's NumPy reference backend; numpy-hand = each operation written by hand in")
+        print("NumPy (max-shift, exp, sum, log; softmax - one-hot). reduction='none', int64 class-index targets.\n")
         print(_format_table(cases, backends))
         for note in _formulation_notes(cases):
             print(note)

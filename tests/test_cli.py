@@ -45,7 +45,8 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
     assert "x numpy-ref" not in printed and "µs per call" not in printed
     assert "loss+grad" in printed and "64x100" in printed and "2x5x8x8" in printed
     data = json.loads(output.read_text())
-    assert {case["operation"] for case in data["cases"]} == {"loss", "loss+grad"} and data["latency_us"] == []
+    operations = {case["operation"] for case in data["cases"]}
+    assert operations == {"loss", "loss+grad", "softmax", "log_softmax", "logsumexp"} and data["latency_us"] == []
     for case in data["cases"]:
         assert case["read_gbs"] > 0 and all(value > 0 for value in case["backends"].values())
         assert case["peers"]["numpy-hand"] > 0

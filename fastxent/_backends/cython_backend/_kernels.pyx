@@ -789,8 +789,8 @@ cdef int softmax_units(Layout L, const real *x, real *out, bint log_space, Py_ss
                        Py_ssize_t last) noexcept nogil:
     cdef TileScratch s
     cdef Py_ssize_t unit, offset, position, w
-    # Like a gradient, a softmax's pass scales stored exps: the gradient's lane limit.
-    if L.stride == 1 and 0 < L.n_classes <= lane_classes(x, True):
+    # Like a gradient, a softmax's pass scales stored exps: the gradient's lane limit (log_softmax stores none).
+    if L.stride == 1 and 0 < L.n_classes <= lane_classes(x, not log_space):
         softmax_lane_rows(L, x, out, log_space, first, last)
         return 0
     s = new_scratch(L.width, L.n_classes, sizeof(real), False, False, 0)
