@@ -15,8 +15,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def disassembly_of(function_prefix: str) -> dict[str, str]:
-    """Disassembled bodies of the extension's functions whose names start with ``function_prefix``."""
+def _listing() -> dict[str, str]:
+    """Disassembled bodies of every function of the extension, by name."""
     from fastxent._backends.cython_backend import _kernels
 
     if shutil.which("objdump") is None:
@@ -24,13 +24,25 @@ def disassembly_of(function_prefix: str) -> dict[str, str]:
     listing = subprocess.run(
         ["objdump", "-d", "--no-show-raw-insn", _kernels.__file__], capture_output=True, text=True, check=True
     ).stdout
-    bodies = {}
-    for match in re.finditer(rf"^[0-9a-f]+ <({function_prefix}[^>]*)>:\n(.*?)(?=\n\n)", listing, re.M | re.S):
-        bodies[match.group(1)] = match.group(2)
-    return bodies
+    return {m.group(1): m.group(2) for m in re.finditer(r"^[0-9a-f]+ <([^>]*)>:\n(.*?)(?=\n\n)", listing, re.M | re.S)}
 
 
-@pytest.mark.parametrize("primitive", ["fx_shift_sum", "fx_store_exp", "fx_tile_stats", "fx_tile_scale"])
+def disassembly_of(function: str) -> dict[str, str]:
+    """The bodies of ``function`` and of the fx_ functions it calls or jumps to, transitively (the compiler
+    decides which helpers it inlines)."""
+    bodies = _listing()
+    if function not in bodies:
+        return {}
+    reached, pending = {function}, [function]
+    while pending:
+        for callee in re.findall(r"(?:call|jmp)\w*\s+[0-9a-f]+ <(fx_\w+)>", bodies[pending.pop()]):
+            if callee in bodies and callee not in reached:
+                reached.add(callee)
+                pending.append(callee)
+    return {name: bodies[name] for name in reached}
+
+
+@pytest.mark.parametrize("primitive", ["fx_shift_sum", "fx_store_exp", "fx_tile_stats", "fx_tile_scale", "fx_rows_stats"])
 @pytest.mark.parametrize("suffix", ["f32", "f64"])
 def test_avx2_variants_are_vectorised_without_libm_exp(primitive, suffix):
     from fastxent._config import cpu_simd_features
@@ -39,9 +51,23 @@ def test_avx2_variants_are_vectorised_without_libm_exp(primitive, suffix):
         pytest.skip("needs an x86-64 CPU with AVX2")
     bodies = disassembly_of(f"{primitive}_{suffix}_avx2")
     assert bodies, f"{primitive}_{suffix}_avx2 not found in the extension"
-    for body in bodies.values():
-        assert re.search(r"vfmadd\w+\s+.*%ymm", body), "the exp polynomial is not evaluated on ymm registers"
-        assert not re.search(r"call.*\bexp", body), "a scalar libm exp is called"
+    code = "\n".join(bodies.values())
+    assert re.search(r"vfmadd\w+\s+.*%ymm", code), "the exp polynomial is not evaluated on ymm registers"
+    assert not re.search(r"call.*\bexp", code), "a scalar libm exp is called"
+
+
+@pytest.mark.parametrize("suffix", ["f32", "f64"])
+def test_short_rows_load_lanes_without_gathers(suffix):
+    """Lanes across rows are loaded by in-register transposes: a gather is microcoded on AMD (it halved the
+    short rows' speed)."""
+    from fastxent._config import cpu_simd_features
+
+    if "avx2" not in cpu_simd_features():
+        pytest.skip("needs an x86-64 CPU with AVX2")
+    for primitive in ("fx_rows_stats", "fx_rows_scale", "fx_rows_shifted"):
+        bodies = disassembly_of(f"{primitive}_{suffix}_avx2")
+        assert bodies, f"{primitive}_{suffix}_avx2 not found in the extension"
+        assert not re.search(r"vgather", "\n".join(bodies.values())), f"{primitive} gathers"
 
 
 def test_dispatch_picked_avx2_on_an_avx2_cpu():

@@ -286,14 +286,30 @@ static FX_ATTR void FX(fx_tile_scale)(const REAL *x, REAL *out, Py_ssize_t n_cla
 #undef FX_NARROW
 #endif
 
+/* The finish's loops run vectors and a scalar tail: with contraction into
+ * FMAs left to the compiler, the two may round one position differently,
+ * and a position's loss would depend on the tile's width (a Dask chunk's).
+ * Plain multiplies and adds round alike in both. */
+#if defined(__clang__)
+#define FX_NO_CONTRACT
+#define FX_CONTRACT_OFF _Pragma("clang fp contract(off)")
+#elif defined(__GNUC__)
+#define FX_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#define FX_CONTRACT_OFF
+#else
+#define FX_NO_CONTRACT
+#define FX_CONTRACT_OFF
+#endif
+
 /* The gradient half of fx_tile_finish; `has_slope` is a constant at each call
  * (a NULL test inside the loop became a masked load costing 4x the loop). */
-static inline FX_ATTR void FX(fx_finish_grad)(Py_ssize_t w, const REAL *shift, const double *rest, const REAL *logs,
+static inline FX_ATTR FX_NO_CONTRACT void FX(fx_finish_grad)(Py_ssize_t w, const REAL *shift, const double *rest, const REAL *logs,
                                               const REAL *xy, const double *wy, const double *valid,
                                               const double *weighted, const double *gs, const REAL *slope,
                                               int has_slope, double eps, double smooth_coef, double weight_sum,
                                               double z_coef, REAL *loss, REAL *lse, REAL *scale, REAL *smooth,
                                               double *correction, double *target_grad) {
+    FX_CONTRACT_OFF
     const double keep = 1.0 - eps;
 #pragma omp simd
     for (Py_ssize_t k = 0; k < w; k++) {
@@ -326,12 +342,13 @@ static inline FX_ATTR void FX(fx_finish_grad)(Py_ssize_t w, const REAL *shift, c
  * out of range); slope is the softcap's at the target, or NULL. Branch-free
  * loops, vectorised: the per-position work of a tile of few classes was
  * as long as its sums. */
-static FX_ATTR void FX(fx_tile_finish)(Py_ssize_t w, const REAL *shift, const double *rest, const REAL *logs,
+static FX_ATTR FX_NO_CONTRACT void FX(fx_tile_finish)(Py_ssize_t w, const REAL *shift, const double *rest, const REAL *logs,
                                        const REAL *xy, const double *wy, const double *valid,
                                        const double *weighted, const double *gs, const REAL *slope, double eps,
                                        double smooth_coef, double weight_sum, double z_coef, int with_grad,
                                        REAL *loss, REAL *lse, REAL *scale, REAL *smooth, double *correction,
                                        double *target_grad) {
+    FX_CONTRACT_OFF
     if (with_grad && slope == NULL)
         FX(fx_finish_grad)(w, shift, rest, logs, xy, wy, valid, weighted, gs, slope, 0, eps, smooth_coef, weight_sum,
                            z_coef, loss, lse, scale, smooth, correction, target_grad);
