@@ -118,7 +118,9 @@ def _torch(operation: str, reduction: str, logits: np.ndarray, target: np.ndarra
     x = torch.from_numpy(logits)
     t = torch.from_numpy(target)
     if operation in NORMALIZERS:
-        function = {"softmax": torch.softmax, "log_softmax": torch.log_softmax, "logsumexp": torch.logsumexp}
+        function: dict[str, Callable[..., Any]] = {
+            "softmax": torch.softmax, "log_softmax": torch.log_softmax, "logsumexp": torch.logsumexp
+        }  # fmt: skip
         dim = _class_axis(logits)
         return (lambda: function[operation](x, dim),)
     if operation == "loss":
@@ -152,9 +154,11 @@ def _jax(operation: str, reduction: str, logits: np.ndarray, target: np.ndarray,
     t = jnp.asarray(target)
     axis = _class_axis(logits)
     if operation in NORMALIZERS:
-        function = {"softmax": jax.nn.softmax, "log_softmax": jax.nn.log_softmax, "logsumexp": jax.nn.logsumexp}
-        normalizer = jax.jit(lambda z: function[operation](z, axis=axis))
-        # One formulation; reported in the first formulation's slot (the table names the loss's).
+        normalizers: dict[str, Callable[..., Any]] = {
+            "softmax": jax.nn.softmax, "log_softmax": jax.nn.log_softmax, "logsumexp": jax.nn.logsumexp
+        }  # fmt: skip
+        # One formulation, jit(jax.nn.<operation>): the bench names no formulation for these rows.
+        normalizer = jax.jit(lambda z: normalizers[operation](z, axis=axis))
         return (lambda: normalizer(x).block_until_ready(),)
 
     def picked(values: Any, labels: Any) -> Any:

@@ -42,7 +42,9 @@ def disassembly_of(function: str) -> dict[str, str]:
     return {name: bodies[name] for name in reached}
 
 
-@pytest.mark.parametrize("primitive", ["fx_shift_sum", "fx_store_exp", "fx_tile_stats", "fx_tile_scale", "fx_rows_stats"])
+@pytest.mark.parametrize(
+    "primitive", ["fx_shift_sum", "fx_store_exp", "fx_tile_stats", "fx_tile_scale", "fx_rows_stats"]
+)
 @pytest.mark.parametrize("suffix", ["f32", "f64"])
 def test_avx2_variants_are_vectorised_without_libm_exp(primitive, suffix):
     from fastxent._config import cpu_simd_features

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -79,7 +80,7 @@ def _run_scale(inputs: list[np.ndarray], outputs: list[np.ndarray], attributes: 
     bounds = [grad.shape[0] * part // threads for part in range(threads + 1)]
     parts = [
         _helpers(threads - 1).submit(np.multiply, grad[a:b], scale[a:b], out=out[a:b])
-        for a, b in zip(bounds[1:-1], bounds[2:])
+        for a, b in itertools.pairwise(bounds[1:])
     ]
     np.multiply(grad[: bounds[1]], scale[: bounds[1]], out=out[: bounds[1]])
     for part in parts:

@@ -43,7 +43,8 @@ cdef extern from "fx_simd.h" nogil:
         void (*rows_scale)(const float *, const float *, float *, Py_ssize_t, Py_ssize_t, const float *,
                            const float *) noexcept nogil
         void (*log1p_rests)(const double *, float *, Py_ssize_t) noexcept nogil
-        void (*rows_shifted)(const float *, float *, Py_ssize_t, Py_ssize_t, const float *, const float *) noexcept nogil
+        void (*rows_shifted)(const float *, float *, Py_ssize_t, Py_ssize_t, const float *,
+                             const float *) noexcept nogil
         void (*tile_finish)(Py_ssize_t, const float *, const double *, const float *, const float *, const double *,
                             const double *, const double *, const double *, const float *, double, double, double,
                             double, int, float *, float *, float *, float *, double *, double *) noexcept nogil
@@ -56,11 +57,13 @@ cdef extern from "fx_simd.h" nogil:
         void (*tile_scale)(const double *, double *, Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *,
                            const double *, const double *, const double *) noexcept nogil
         void (*rows_sums)(const double *, double *, Py_ssize_t, Py_ssize_t, double *, double *) noexcept nogil
-        void (*rows_stats)(const double *, Py_ssize_t, Py_ssize_t, double *, double *, double *, double *) noexcept nogil
+        void (*rows_stats)(const double *, Py_ssize_t, Py_ssize_t, double *, double *, double *,
+                           double *) noexcept nogil
         void (*rows_scale)(const double *, const double *, double *, Py_ssize_t, Py_ssize_t, const double *,
                            const double *) noexcept nogil
         void (*log1p_rests)(const double *, double *, Py_ssize_t) noexcept nogil
-        void (*rows_shifted)(const double *, double *, Py_ssize_t, Py_ssize_t, const double *, const double *) noexcept nogil
+        void (*rows_shifted)(const double *, double *, Py_ssize_t, Py_ssize_t, const double *,
+                             const double *) noexcept nogil
         void (*tile_finish)(Py_ssize_t, const double *, const double *, const double *, const double *, const double *,
                             const double *, const double *, const double *, const double *, double, double, double,
                             double, int, double *, double *, double *, double *, double *, double *) noexcept nogil

@@ -4,11 +4,11 @@
  * A tile is w positions of one leading index, x[b, :, k0:k0 + w]: each class
  * is a contiguous run of w values, classes `stride` apart. The portable
  * loops below run over the positions once per class, keeping per-position
- * sums in arrays. With AVX2 the tile goes by groups of two vectors of
- * positions whose max and sums stay in registers across the classes (no
- * per-class loads and stores of the running sums), and the sums take every
- * class, S' = S - 1 when S >= 2 as the rows do; only lanes below 2 take the
- * masked pass.
+ * sums in arrays; they also serve wide tiles with long strides (see
+ * fx_tile_stats). With AVX2, narrow tiles and short strides go by groups of
+ * two vectors of positions whose maxima and sums stay in registers across
+ * the classes. Both leave each position's maxima out of its sum and count
+ * them: S' directly, exact where the maximum dominates.
  */
 
 /* Tile of w <= FX_TILE_MAX positions: x points at x[b, 0, k0], classes `stride` apart.
@@ -106,13 +106,13 @@ static inline FX_ATTR void FX(fx_widen_add)(__m256d *acc, FX_V a, FX_V b) {
 #endif
 }
 
-/* Per position of a group: sum[] = S (exact = 0), or the sum without the
- * maxima and ties[] their count (exact = 1), in double, blocks of
- * FX_CLASS_BLOCK classes summed in REAL. Lanes outside the masks load -inf:
- * their exps are 0. `full` (a constant at each call) skips the masks. */
+/* Per position of a group: sum[] = the sum of exp(x - M) without the
+ * maxima (x == M), ties[] their count, in double, blocks of FX_CLASS_BLOCK
+ * classes summed in REAL. Lanes outside the masks load -inf: their exps are
+ * 0. `full` (a constant at each call) skips the masks. */
 static inline FX_ATTR void FX(fx_group_sums)(const REAL *x, Py_ssize_t n_classes, Py_ssize_t stride, int full,
-                                             __m256i mask0, __m256i mask1, FX_V m0, FX_V m1, int exact,
-                                             __m256d *sum, __m256d *ties) {
+                                             __m256i mask0, __m256i mask1, FX_V m0, FX_V m1, __m256d *sum,
+                                             __m256d *ties) {
     const FX_V zero = FX_SET1(0), one = FX_SET1(1);
     for (int j = 0; j < FX_WIDE; j++) sum[j] = ties[j] = _mm256_setzero_pd();
     for (Py_ssize_t c0 = 0; c0 < n_classes; c0 += FX_CLASS_BLOCK) {
@@ -122,19 +122,14 @@ static inline FX_ATTR void FX(fx_group_sums)(const REAL *x, Py_ssize_t n_classes
             const REAL *p = x + c * stride;
             FX_V a = full ? FX_LOAD(p) : FX_MASKLOAD(p, mask0);
             FX_V b = full ? FX_LOAD(p + FX_LANES) : FX_MASKLOAD(p + FX_LANES, mask1);
-            FX_V ea = FX(fx_vexp)(FX_SUB(a, m0)), eb = FX(fx_vexp)(FX_SUB(b, m1));
-            if (exact) {
-                FX_V qa = FX_T_EQ(a, m0), qb = FX_T_EQ(b, m1);
-                ea = FX_T_ANDNOT(qa, ea);
-                eb = FX_T_ANDNOT(qb, eb);
-                t0 = FX_ADD(t0, FX_T_AND(qa, one));
-                t1 = FX_ADD(t1, FX_T_AND(qb, one));
-            }
-            s0 = FX_ADD(s0, ea);
-            s1 = FX_ADD(s1, eb);
+            FX_V qa = FX_T_EQ(a, m0), qb = FX_T_EQ(b, m1);
+            s0 = FX_ADD(s0, FX_T_ANDNOT(qa, FX(fx_vexp)(FX_SUB(a, m0))));
+            s1 = FX_ADD(s1, FX_T_ANDNOT(qb, FX(fx_vexp)(FX_SUB(b, m1))));
+            t0 = FX_ADD(t0, FX_T_AND(qa, one));
+            t1 = FX_ADD(t1, FX_T_AND(qb, one));
         }
         FX(fx_widen_add)(sum, s0, s1);
-        if (exact) FX(fx_widen_add)(ties, t0, t1);
+        FX(fx_widen_add)(ties, t0, t1);
     }
 }
 
@@ -151,9 +146,9 @@ static inline FX_ATTR void FX(fx_group_rest)(const REAL *x, Py_ssize_t n_classes
     m1 = FX_T_BLEND(m1, zero, FX_T_EQ(m1, minus_inf));
     __m256d part[FX_WIDE], tied[FX_WIDE], r[FX_WIDE], top[FX_WIDE];
     if (full)
-        FX(fx_group_sums)(x, n_classes, stride, 1, mask0, mask1, m0, m1, 1, part, tied);
+        FX(fx_group_sums)(x, n_classes, stride, 1, mask0, mask1, m0, m1, part, tied);
     else
-        FX(fx_group_sums)(x, n_classes, stride, 0, mask0, mask1, m0, m1, 1, part, tied);
+        FX(fx_group_sums)(x, n_classes, stride, 0, mask0, mask1, m0, m1, part, tied);
 #if FX_IS_DOUBLE
     top[0] = m0;
     top[1] = m1;
