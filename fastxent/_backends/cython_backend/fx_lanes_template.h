@@ -3,11 +3,12 @@
  *
  * A row of a few classes fills a fraction of one vector, and its max, sum
  * and log are horizontal reductions plus a scalar log call: most of the
- * row's time. Here each lane holds one row: FX_LANES rows are gathered class
- * by class, so the max, the exps, the sum, S' and log1p(S') are plain
- * vertical operations, FX_LANES rows at once. The gradient pass runs over
- * the same rows in their own (row-major) layout, full vectors, each lane
- * given its row's shift and scale by a permute.
+ * row's time. Here each lane holds one row: a block of FX_LANES rows is
+ * loaded row by row and transposed in registers (fx_lanes_columns), so the
+ * max, the exps, the sum, S' and log1p(S') are plain vertical operations,
+ * FX_LANES rows at once. The gradient (and the softmax) scales the exps the
+ * sums stored and transposes them back (fx_lanes_scale); log_softmax shifts
+ * the transposed block (fx_rows_shifted).
  */
 
 #if FX_INTRINSICS
