@@ -124,26 +124,35 @@ def _missing_peers() -> list[str]:
 
 
 def _plot(cases: list[_bench.Case], backends: list[str], path: str) -> None:
+    """A bar chart of GB/s: one panel per operation, a group of bars per shape and dtype."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{'x'.join(map(str, c.shape))} {c.dtype}\n{c.operation}" for c in cases]
-    series = {f"fastxent {_label(b)}": [c.backends[b] for c in cases] for b in backends}
-    for peer in _peer_order(cases):
-        series[peer] = [c.peers.get(peer, 0.0) for c in cases]
-    series["memory (read / copy)"] = [c.reference_gbs for c in cases]
-    figure, axes = plt.subplots(figsize=(max(8, 1.4 * len(cases)), 5))
-    width = 0.8 / len(series)
-    for i, (name, values) in enumerate(series.items()):
-        axes.bar([x + i * width for x in range(len(cases))], values, width, label=name)
-    axes.set_xticks([x + 0.4 - width / 2 for x in range(len(cases))], labels, fontsize=7)
-    axes.set_ylabel("GB/s of logits")
-    axes.set_title("fastxent cross-entropy throughput (higher is better)")
-    axes.legend(fontsize=8)
+    operations = list(dict.fromkeys(c.operation for c in cases))
+    shapes = max(sum(c.operation == operation for c in cases) for operation in operations)
+    figure, panels = plt.subplots(
+        len(operations), 1, figsize=(max(8, 1.4 * shapes), 3 * len(operations)), squeeze=False
+    )
+    peers = _peer_order(cases)
+    for panel, operation in zip(panels[:, 0], operations):
+        chosen = [c for c in cases if c.operation == operation]
+        series = {f"fastxent {_label(b)}": [c.backends[b] for c in chosen] for b in backends}
+        for peer in peers:
+            series[peer] = [c.peers.get(peer, 0.0) for c in chosen]
+        series["memory (read / copy)"] = [c.reference_gbs for c in chosen]
+        width = 0.8 / len(series)
+        for i, (name, values) in enumerate(series.items()):
+            panel.bar([x + i * width for x in range(len(chosen))], values, width, label=name)
+        labels = [f"{'x'.join(map(str, c.shape))} {c.dtype}" for c in chosen]
+        panel.set_xticks([x + 0.4 - width / 2 for x in range(len(chosen))], labels, fontsize=7)
+        panel.set_ylabel("GB/s of logits")
+        panel.set_title(f"{operation} (higher is better)", fontsize=10)
+    panels[0, 0].legend(fontsize=7, ncol=2)
+    figure.suptitle("fastxent throughput")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
 
 
 def _progress(
