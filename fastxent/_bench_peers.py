@@ -53,14 +53,15 @@ def _class_axis(logits: np.ndarray) -> int:
 def numpy_hand_normalizer(operation: str, logits: np.ndarray) -> np.ndarray:
     """softmax, log_softmax or logsumexp as a user writes them in NumPy: max-shift, exp, sum (and log)."""
     axis = _class_axis(logits)
-    z = logits - logits.max(axis, keepdims=True)
+    top = logits.max(axis, keepdims=True)
+    z = logits - top
     if operation == "log_softmax":
         return z - np.log(np.exp(z).sum(axis, keepdims=True))
     e = np.exp(z)
     if operation == "softmax":
         e /= e.sum(axis, keepdims=True)
         return e
-    return np.log(e.sum(axis)) + logits.max(axis)
+    return np.log(e.sum(axis)) + top.squeeze(axis)
 
 
 def _label_index(target: np.ndarray, axis: int) -> tuple[np.ndarray, ...]:

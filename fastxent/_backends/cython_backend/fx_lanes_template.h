@@ -204,14 +204,31 @@ static inline FX_ATTR void FX(fx_lanes_stats)(const REAL *x, Py_ssize_t n, REAL 
 #endif
 }
 
+/* Stores v[l] (row l's classes c0 .. c0 + FX_LANES - 1) for the first `valid`
+ * of FX_LANES rows of n classes at out. Callers go from the last block of
+ * classes to the first: a full-width store spills into the next row's
+ * first classes, which later stores overwrite (a masked store costs several
+ * plain ones on AMD); a store that would pass the last valid row's end is
+ * masked (there lie rows of another block, or the array's end). */
+static inline FX_ATTR void FX(fx_lanes_store)(REAL *out, Py_ssize_t n, Py_ssize_t c0, Py_ssize_t valid,
+                                              const FX_V *v) {
+    if (c0 + FX_LANES <= n) {
+        for (Py_ssize_t l = 0; l < valid; l++) FX_STORE(out + l * n + c0, v[l]);
+        return;
+    }
+    const __m256i mask = FX_TAIL_MASK(n - c0);
+    for (Py_ssize_t l = 0; l < valid; l++) {
+        if (l * n + c0 + FX_LANES <= valid * n)
+            FX_STORE(out + l * n + c0, v[l]);
+        else
+            FX_MASKSTORE(out + l * n + c0, mask, v[l]);
+    }
+}
+
 /* out[l, :] = exps[:, l] * scale[l] for the first `valid` of FX_LANES rows of
  * n classes, from their exps as fx_lanes_stats stored them (class-major):
  * blocks of FX_LANES classes multiplied, transposed back and stored row by
- * row. No exp again, no permutes; out may be the logits. The block of the
- * last classes goes first, its stores full-width: each spills into the
- * next row's first classes, which later stores overwrite (a masked store
- * costs several plain ones on AMD). A store that would pass the last row's
- * end is masked: there lie rows of another block, or the array's end. */
+ * row (fx_lanes_store). No exp again, no permutes; out may be the logits. */
 static inline FX_ATTR void FX(fx_lanes_scale)(const REAL *exps, REAL *out, Py_ssize_t n, const REAL *scale,
                                               Py_ssize_t valid) {
     const FX_V a = FX_LOAD(scale), zero = FX_SET1(0);
@@ -219,17 +236,7 @@ static inline FX_ATTR void FX(fx_lanes_scale)(const REAL *exps, REAL *out, Py_ss
         FX_V r[FX_LANES];
         for (int j = 0; j < FX_LANES; j++) r[j] = c0 + j < n ? FX_T_MUL(FX_LOAD(exps + (c0 + j) * FX_LANES), a) : zero;
         FX(fx_transpose)(r);
-        if (c0 + FX_LANES <= n) {
-            for (Py_ssize_t l = 0; l < valid; l++) FX_STORE(out + l * n + c0, r[l]);
-        } else {
-            const __m256i mask = FX_TAIL_MASK(n - c0);
-            for (Py_ssize_t l = 0; l < valid; l++) {
-                if (l * n + c0 + FX_LANES <= valid * n)
-                    FX_STORE(out + l * n + c0, r[l]);
-                else
-                    FX_MASKSTORE(out + l * n + c0, mask, r[l]);
-            }
-        }
+        FX(fx_lanes_store)(out, n, c0, valid, r);
     }
 }
 #endif
@@ -318,7 +325,7 @@ static FX_ATTR void FX(fx_rows_scale)(const REAL *x, const REAL *exps, REAL *out
 /* out[r, :] = (x[r, :] - shift[r]) - logs[r] for `rows` rows of n classes
  * (log-softmax; out may be x). With AVX2 and n <= FX_LANE_CLASSES, blocks
  * of FX_LANES rows transposed in, shifted as vectors and transposed back
- * (stores as fx_lanes_scale's); else row by row. */
+ * (fx_lanes_store); else row by row. */
 static FX_ATTR void FX(fx_rows_shifted)(const REAL *x, REAL *out, Py_ssize_t rows, Py_ssize_t n, const REAL *shift,
                                         const REAL *logs) {
     Py_ssize_t r = 0;
@@ -345,13 +352,7 @@ static FX_ATTR void FX(fx_rows_shifted)(const REAL *x, REAL *out, Py_ssize_t row
                 FX_V v[FX_LANES];
                 for (int j = 0; j < FX_LANES; j++) v[j] = FX_SUB(FX_SUB(column[c0 + j], m), l);
                 FX(fx_transpose)(v);
-                const __m256i mask = FX_TAIL_MASK(n - c0);
-                for (Py_ssize_t k = 0; k < valid; k++) {
-                    if (c0 + FX_LANES <= n || k * n + c0 + FX_LANES <= valid * n)
-                        FX_STORE(target + k * n + c0, v[k]);
-                    else
-                        FX_MASKSTORE(target + k * n + c0, mask, v[k]);
-                }
+                FX(fx_lanes_store)(target, n, c0, valid, v);
             }
         }
         return;
