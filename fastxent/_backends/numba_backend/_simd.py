@@ -191,6 +191,55 @@ def exp_f64(x: float) -> float:
     return (t * p) * scale + scale
 
 
+# log1p(s), s >= -1, in float64: Cephes' log of u = 1 + s (the exponent, and a rational
+# function of the mantissa m - 1 for m in [sqrt(1/2), sqrt(2))) plus (s - (u - 1)) / u, the
+# rounding of 1 + s, so that a tiny s keeps its relative accuracy. The Cython backend's
+# fx_vlog1p is the same formula. The exponent becomes a double without an int64 -> float64
+# conversion (AVX2 has none): its bits go under the mantissa of 2**52, which is then subtracted.
+_LOG_P0, _LOG_P1, _LOG_P2 = 1.01875663804580931796e-4, 4.97494994976747001425e-1, 4.70579119878881725854e0
+_LOG_P3, _LOG_P4, _LOG_P5 = 1.44989225341610930846e1, 1.79368678507819816313e1, 7.70838733755885391666e0
+_LOG_Q0, _LOG_Q1, _LOG_Q2 = 1.12873587189167450590e1, 4.52279145837532221105e1, 8.29875266912776603211e1
+_LOG_Q3, _LOG_Q4 = 7.11544750618563894466e1, 2.31251620126765340583e1
+_LOG_LN2_HI, _LOG_LN2_LO = 0.693359375, -2.121944400546905827679e-4
+_EXPONENT_BIAS = 4503599627370496.0 + 1023.0  # 2**52 + 1023
+_TWO_POW_52_BITS = np.int64(0x4330000000000000)
+_MANTISSA_BITS = np.int64(0x000FFFFFFFFFFFFF)
+_ONE_BITS = np.int64(0x3FF0000000000000)
+
+
+# error_model="numpy": u = 0 divides by zero (to -inf, then replaced), and a checked division does not vectorise.
+@njit(fastmath=EXACT, error_model="numpy", cache=True)
+def log1p_f64(s: float) -> float:
+    """``log1p(s)`` for float64 ``s >= -1`` (``S'`` of a row); -1 gives -inf, NaN stays NaN, +inf stays +inf."""
+    u = 1.0 + s
+    bits = _bits_f64(u)
+    e = _float_from_bits_f64((bits >> np.int64(52)) | _TWO_POW_52_BITS) - _EXPONENT_BIAS
+    m = _float_from_bits_f64((bits & _MANTISSA_BITS) | _ONE_BITS)
+    big = m > 1.4142135623730951
+    m = m * 0.5 if big else m
+    e = e + 1.0 if big else e
+    x = m - 1.0
+    z = x * x
+    p = _LOG_P0 * x + _LOG_P1
+    p = p * x + _LOG_P2
+    p = p * x + _LOG_P3
+    p = p * x + _LOG_P4
+    p = p * x + _LOG_P5
+    q = x + _LOG_Q0
+    q = q * x + _LOG_Q1
+    q = q * x + _LOG_Q2
+    q = q * x + _LOG_Q3
+    q = q * x + _LOG_Q4
+    y = x * ((z * p) / q)
+    y = e * _LOG_LN2_LO + y
+    y = y - 0.5 * z
+    r = e * _LOG_LN2_HI + (x + y)
+    r = r + (s - (u - 1.0)) / u
+    r = -np.inf if u == 0.0 else r
+    r = u if u == np.inf else r
+    return s if s != s else r
+
+
 def fast_exp(x):  # type: ignore[no-untyped-def]
     """``exp`` for arguments ``<= 0``, in the argument's precision; vectorises."""
     raise NotImplementedError("only callable from Numba-compiled code")

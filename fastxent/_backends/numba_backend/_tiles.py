@@ -11,14 +11,12 @@ parallel work. Per-position values mirror those of :mod:`._rows`.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
 from ._launch import variants
 from ._rows import FAST, cap_slope, capped
-from ._simd import fast_exp, typed
+from ._simd import fast_exp, log1p_f64, typed
 
 #: Bytes of logits per tile: a tile is swept twice, the second time from L1/L2.
 TILE_BYTES = 32 * 1024
@@ -92,6 +90,16 @@ def tile_shift_and_sum(x, b, k0, width, cap, shift, rest):  # type: ignore[no-un
         rest[k] = total[k] - 1.0 if total[k] >= 2.0 else _column_rest(x, b, k0 + k, cap, shift[k])
 
 
+@njit(fastmath=FAST, cache=True, inline="always")
+def _log1p_rests(total, w):  # type: ignore[no-untyped-def]
+    """``log1p`` of each position's S', in one vectorised loop (libm's, position by position, took a fifth of
+    a tile's time: 8x21x256x256 float32)."""
+    logs = np.empty(w)
+    for k in range(w):
+        logs[k] = log1p_f64(total[k])
+    return logs
+
+
 @njit(cache=True, inline="always")
 def _units(x, width):  # type: ignore[no-untyped-def]
     tiles = (x.shape[2] + width - 1) // width
@@ -117,6 +125,7 @@ def logsumexp_tiles(x, out, width):  # type: ignore[no-untyped-def]
         w = min(width, x.shape[2] - k0)
         shift, total = _stats_buffers(x, w)
         tile_shift_and_sum(x, b, k0, w, 0.0, shift, total)
+        logs = _log1p_rests(total, w)
         for k in range(w):
             if shift[k] == np.inf:
                 value = shift[k]
@@ -125,7 +134,7 @@ def logsumexp_tiles(x, out, width):  # type: ignore[no-untyped-def]
                         value = x[b, c, k0 + k]
                 out[b, k0 + k] = value
             else:
-                out[b, k0 + k] = shift[k] + math.log1p(total[k])
+                out[b, k0 + k] = shift[k] + logs[k]
 
 
 @variants(FAST)
@@ -137,8 +146,13 @@ def softmax_tiles(x, out, log, width):  # type: ignore[no-untyped-def]
         shift, total = _stats_buffers(x, w)
         scale, _ = _scratch(x, w)
         tile_shift_and_sum(x, b, k0, w, 0.0, shift, total)
-        for k in range(w):
-            scale[k] = math.log1p(total[k]) if log else 1 / (1.0 + total[k])
+        if log:
+            logs = _log1p_rests(total, w)
+            for k in range(w):
+                scale[k] = logs[k]
+        else:
+            for k in range(w):
+                scale[k] = 1 / (1.0 + total[k])
         for c in range(x.shape[1]):
             column = x[b, c, k0 : k0 + w]
             target = out[b, c, k0 : k0 + w]
@@ -178,6 +192,7 @@ def xent_index_tile(
     weighted = np.zeros(w)
     top = np.full(w, np.nan)  # the gradient of a target that is the maximum (NaN: it is not)
     tile_shift_and_sum(x, b, k0, w, cap, shift, total)
+    logs = _log1p_rests(total, w)
     if eps > 0:
         for c in range(n_classes):
             w_c = np.float64(weight[c])
@@ -195,7 +210,7 @@ def xent_index_tile(
         raw_y = x[b, y, k0 + k]
         x_y = capped(raw_y, cap)
         w_y = np.float64(weight[y])
-        log_total = math.log1p(total[k])
+        log_total = logs[k]
         row_lse = np.float64(shift[k]) + log_total
         value = (1.0 - eps) * w_y * (np.float64(shift[k] - x_y) + log_total)
         if eps > 0:
@@ -274,8 +289,9 @@ def xent_probs_tiles(x, target, weight, eps, cap, z_coef, loss, lse, grad, gscal
                 mass[k] += wt
                 # The moment about the maximum: a target on it keeps its tiny loss.
                 moment[k] += wt * (np.float64(capped(column[k], cap)) - np.float64(shift[k]))
+        logs = _log1p_rests(total, w)
         for k in range(w):
-            log_total = math.log1p(total[k])
+            log_total = logs[k]
             row_lse = np.float64(shift[k]) + log_total
             loss[b, k0 + k] = mass[k] * log_total - moment[k]
             lse[b, k0 + k] = row_lse
