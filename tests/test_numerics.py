@@ -139,6 +139,8 @@ class TestDominantClassEveryPath:
             ((2, 21, 1100), 1),
             ((2, 3, 1500), 1),
             ((2, 40, 600), 1),
+            # Groups over three blocks of classes (the blocks' sums are scaled to the final maximum).
+            ((1, 700, 40), 1),
         ],
     )
     def test_loss_gradient_and_normalisers(self, backend, dtype, shape, axis):
@@ -264,6 +266,27 @@ class TestTilesNonFinite:
         np.testing.assert_allclose(grad, want_grad, rtol=8 * eps, atol=eps, equal_nan=True)
         np.testing.assert_allclose(fastxent.logsumexp(logits, axis=1), want_lse, rtol=8 * eps, equal_nan=True)
         assert np.isnan(loss[1, positions - 1]) and np.isfinite(np.delete(loss[0], [6])).all()
+
+
+class TestTilePathsAgree:
+    """A position's results do not depend on its tile: the Cython backend sweeps a wide tile with a long stride
+    class by class and a narrow one (or a short stride) by groups of positions; both take one position through
+    the same operations, so a slice whose stride changes the path (and a Dask chunk) gives the same bits."""
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    def test_slices_match_the_whole(self, backend, dtype):
+        rng = np.random.default_rng(11)
+        logits = (rng.standard_normal((2, 21, 1100)) * 4).astype(dtype)
+        target = rng.integers(0, 21, (2, 1100))
+        loss, grad = fastxent.cross_entropy_and_grad(logits, target, reduction="none")
+        lse = fastxent.logsumexp(logits, axis=1)
+        # 1000 positions: a 4000-byte float32 stride (groups); 37: a narrow tile; an odd offset: another tail.
+        for part in (slice(0, 1000), slice(0, 37), slice(5, 1100)):
+            piece = np.ascontiguousarray(logits[:, :, part])
+            piece_loss, piece_grad = fastxent.cross_entropy_and_grad(piece, target[:, part], reduction="none")
+            np.testing.assert_array_equal(piece_loss, loss[:, part])
+            np.testing.assert_array_equal(piece_grad, grad[:, :, part])
+            np.testing.assert_array_equal(fastxent.logsumexp(piece, axis=1), lse[:, part])
 
 
 def _reference(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

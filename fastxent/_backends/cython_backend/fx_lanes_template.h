@@ -254,8 +254,18 @@ static FX_ATTR void FX(fx_log1p_rests)(const double *rest, REAL *out, Py_ssize_t
         _mm256_storeu_ps(out + k, FX(fx_vlog1p)(r));
     }
 #endif
-#endif
+    /* The tail through the same vector code, padded: libm's log1p there rounded a position differently from
+     * fx_vlog1p, so its loss depended on where its tile ended (a slice's, a Dask chunk's). */
+    if (k < n) {
+        double pad[8] = {0};
+        REAL got[8];
+        memcpy(pad, rest + k, (size_t)(n - k) * sizeof(double));
+        FX(fx_log1p_rests)(pad, got, 8);
+        memcpy(out + k, got, (size_t)(n - k) * sizeof(REAL));
+    }
+#else
     for (; k < n; k++) out[k] = (REAL)log1p(rest[k]);
+#endif
 }
 
 /* M, S' and log1p(S') (in REAL) of `rows` rows of n classes: FX_LANES rows
