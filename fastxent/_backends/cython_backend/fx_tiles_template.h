@@ -215,13 +215,10 @@ static inline FX_ATTR void FX(fx_online_fixup)(const REAL *x, Py_ssize_t n_class
 #else
     any |= _mm256_movemask_ps(_mm256_cmp_ps(bad_shift, bad_shift, _CMP_UNORD_Q)) != 0;
 #endif
-    if (!any) {
-        /* the positions past the last full vector of either scan */
-        Py_ssize_t tail = w - w % 4 < k ? w - w % 4 : k;
-        for (k = tail; k < w; k++) any |= !isfinite(shift[k]) || !isfinite(rest[k]);
-        if (!any) return;
-    }
-    for (Py_ssize_t k = 0; k < w; k++)
+    /* past the last full vector of both scans (FX_LANES is a multiple of 4) */
+    for (; k < w && !any; k++) any = !isfinite(shift[k]) || !isfinite(rest[k]);
+    if (!any) return;
+    for (k = 0; k < w; k++)
         if (!isfinite(shift[k]) || !isfinite(rest[k]))
             FX(fx_tile_stats_masked)(x + k, n_classes, stride, 1, shift + k, rest + k);
 }
