@@ -314,8 +314,11 @@ static FX_ATTR void FX(fx_tile_stats)(const REAL *x, Py_ssize_t n_classes, Py_ss
         FX(fx_tile_stats_masked)(x, n_classes, stride, w, shift, rest);
         return;
     }
-    /* Groups win on narrow tiles and short strides; with a wide tile and a
-     * long stride the class-by-class sweep's long runs per class read faster. */
+    /* Groups for narrow tiles and short strides, class by class for a wide
+     * tile with a long stride: the split measured for the two-sweep loops
+     * (float32, 1 thread, ns per element of loss: 2x1000x32x32 1.0 -> 0.85 by
+     * groups; 8x21x256x256 0.77 class by class against 1.03), kept for the
+     * one sweep without measuring it again. */
     if (w >= FX_NARROW && stride * (Py_ssize_t)sizeof(REAL) > 4096) {
         FX(fx_tile_stats_online)(x, n_classes, stride, w, shift, rest);
         return;
