@@ -48,21 +48,21 @@ class NumbaBackend:
         return f"threading layer {_launch.threading_layer()}, cache {cache}"
 
     def logsumexp(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
-        _, c, k = x.shape
+        k = x.shape[2]
         if k == 1:
             _rows.logsumexp_rows(n_threads, x.size, x[:, :, 0], out[:, 0])
         else:
-            _tiles.logsumexp_tiles(n_threads, x.size, x, out, _tiles.tile_width(c, k, x.itemsize))
+            _tiles.logsumexp_tiles(n_threads, x.size, x, out, _tiles.tile_width(x.shape[0], k, n_threads))
 
     def logsumexp_scaled(self, x: FloatArray, b: FloatArray, out: FloatArray, sign: FloatArray, n_threads: int) -> None:
         _scaled.logsumexp_scaled(n_threads, x.size, x, b, out, sign)
 
     def _softmax(self, x: FloatArray, out: FloatArray, n_threads: int, log: bool) -> None:
-        _, c, k = x.shape
+        k = x.shape[2]
         if k == 1:
             _rows.softmax_rows(n_threads, x.size, x[:, :, 0], out[:, :, 0], log, _scratch(x, out))
         else:
-            _tiles.softmax_tiles(n_threads, x.size, x, out, log, _tiles.tile_width(c, k, x.itemsize))
+            _tiles.softmax_tiles(n_threads, x.size, x, out, log, _tiles.tile_width(x.shape[0], k, n_threads))
 
     def softmax(self, x: FloatArray, out: FloatArray, n_threads: int) -> None:
         self._softmax(x, out, n_threads, False)
@@ -99,7 +99,7 @@ class NumbaBackend:
         else:
             _tiles.xent_index_tiles(
                 n_threads, logits.size, logits, target, weight, *options,
-                loss, lse, grad, grad_scale, with_grad, _tiles.tile_width(c, k, logits.itemsize),
+                loss, lse, grad, grad_scale, with_grad, _tiles.tile_width(logits.shape[0], k, n_threads),
             )  # fmt: skip
         fill_totals(loss, lse, totals)
 
@@ -138,7 +138,7 @@ class NumbaBackend:
         else:
             _tiles.xent_probs_tiles(
                 n_threads, logits.size, logits, target, weight, *options,
-                loss, lse, grad, grad_scale, with_grad, _tiles.tile_width(c, k, logits.itemsize),
+                loss, lse, grad, grad_scale, with_grad, _tiles.tile_width(logits.shape[0], k, n_threads),
             )  # fmt: skip
         fill_totals(loss, lse, totals)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 # No reassoc here (see the module docstring); contract lets LLVM fuse FMAs.
@@ -93,6 +94,27 @@ def order_key_f64(typingctx, value):  # type: ignore[no-untyped-def]
 def from_order_key_f64(typingctx, key):  # type: ignore[no-untyped-def]
     """Inverse of :func:`order_key_f64`."""
     return types.float64(types.int64), _order_key_codegen(64)
+
+
+@intrinsic
+def nan_max(typingctx, a, b):  # type: ignore[no-untyped-def]
+    """The larger of two floats, NaN if either is NaN (LLVM's ``maximum``; it orders -0 below +0).
+
+    Numba lowers ``a if a > b else b`` to branches, and LLVM then turned the
+    tiles' ``run[k] = value if value > run[k] else run[k]`` into a masked
+    store, which Zen microcodes (the sweep took 1 ns per element, not 0.75);
+    ``maxnum`` became a masked store too (of the non-NaN case).
+    """
+    if not (isinstance(a, types.Float) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        kind = args[0].type
+        name = "llvm.maximum.f32" if kind == ir.FloatType() else "llvm.maximum.f64"
+        maximum = cgutils.get_or_insert_function(builder.module, ir.FunctionType(kind, [kind, kind]), name)
+        return builder.call(maximum, [args[0], args[1]])
+
+    return a(a, b), codegen
 
 
 def vector_max(values):  # type: ignore[no-untyped-def]
