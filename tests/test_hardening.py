@@ -143,6 +143,30 @@ def test_ignore_index_outside_int64_is_rejected(backend, ignore_index):
         fastxent.cross_entropy(np.zeros((2, 3)), np.array([0, 1]), ignore_index=ignore_index)
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("ignore_index", [-100, -1, 3, 2**62])
+def test_target_summary_matches_numpy(backend, dtype, ignore_index):
+    """Each backend's count of valid and out-of-range targets (0/1 arithmetic, vectorised) and summed weight,
+    against the NumPy version, with the extreme values of the dtype and an ignore_index that is a class."""
+    from fastxent._backends._interface import index_target_stats
+    from fastxent._dispatch import _load
+
+    kernels = _load(backend)
+    rng = np.random.default_rng(23)
+    n_classes = 7
+    target = rng.integers(-3, n_classes + 3, 1003).astype(dtype)
+    limits = np.iinfo(dtype)
+    target[5::101] = [limits.min, limits.max, -1, n_classes, 0, n_classes - 1, limits.min + 1, limits.max - 1, 1, 2]
+    if ignore_index < limits.max:
+        target[::97] = ignore_index
+    for weight in (None, rng.random(n_classes).astype(np.float32), rng.random(n_classes)):
+        for piece in (target, target[:1], target[:0], target[:17]):
+            got = kernels.index_target_stats(piece.reshape(1, -1), weight, n_classes, ignore_index)
+            want = index_target_stats(piece.reshape(1, -1), weight, n_classes, ignore_index)
+            assert (got[0], got[2]) == (want[0], want[2])
+            assert got[1] == pytest.approx(want[1], rel=1e-12)
+
+
 def test_targets_of_int32_and_other_dtypes_with_ignore(backend):
     rng = np.random.default_rng(4)
     logits = rng.standard_normal((8, 6)).astype(np.float32)

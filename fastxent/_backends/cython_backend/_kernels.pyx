@@ -69,6 +69,10 @@ cdef extern from "fx_simd.h" nogil:
                             double, int, double *, double *, double *, double *, double *, double *) noexcept nogil
     fx_table_f32 fx_f32
     fx_table_f64 fx_f64
+    void fx_count_targets_i32(const int32_t *, Py_ssize_t, Py_ssize_t, long long, Py_ssize_t *,
+                              Py_ssize_t *) noexcept nogil
+    void fx_count_targets_i64(const int64_t *, Py_ssize_t, Py_ssize_t, long long, Py_ssize_t *,
+                              Py_ssize_t *) noexcept nogil
     const char *fx_init()
     int FX_SHORT
     int FX_LANE_CLASSES
@@ -1223,14 +1227,15 @@ def index_target_stats(cnp.ndarray target not None, object weight, Py_ssize_t n_
     cdef const void *t = data(target)
     cdef const void *w = data(weight) if has_weight else NULL
     with nogil:
-        for i in range(n):
-            y = (<const int64_t *>t)[i] if wide else (<const int32_t *>t)[i]
-            if 0 <= y < n_classes and y != ignore_index:
-                valid += 1
-                if has_weight:
+        if wide:
+            fx_count_targets_i64(<const int64_t *>t, n, n_classes, ignore_index, &valid, &bad)
+        else:
+            fx_count_targets_i32(<const int32_t *>t, n, n_classes, ignore_index, &valid, &bad)
+        if has_weight:
+            for i in range(n):
+                y = (<const int64_t *>t)[i] if wide else (<const int32_t *>t)[i]
+                if 0 <= y < n_classes and y != ignore_index:
                     weight_sum += (<const float *>w)[y] if single_weight else (<const double *>w)[y]
-            elif y != ignore_index:
-                bad += 1
     return valid, (weight_sum if has_weight else <double>valid), bad
 
 

@@ -82,6 +82,33 @@ FX_TABLE(double, f64)
      fx_rows_sums_##SUF##_##ISA, fx_rows_stats_##SUF##_##ISA, fx_rows_scale_##SUF##_##ISA, \
      fx_log1p_rests_##SUF##_##ISA, fx_rows_shifted_##SUF##_##ISA, fx_tile_finish_##SUF##_##ISA}
 
+/* Valid and out-of-range counts of class-index targets by 0/1 arithmetic, so the loop vectorises
+ * (one unsigned compare is 0 <= y < n_classes). With an if per target, a million random targets
+ * with some ignored took 4.8 ms; this is a plain loop, compiled per ISA like the primitives. */
+#define FX_COUNT_TARGETS(NAME, ATTR, INDEX)                                                                 \
+    static ATTR void NAME(const INDEX *t, Py_ssize_t n, Py_ssize_t n_classes, long long ignore_index,      \
+                          Py_ssize_t *valid, Py_ssize_t *bad) {                                              \
+        int64_t n_valid = 0, n_bad = 0;                                                                      \
+        for (Py_ssize_t i = 0; i < n; i++) {                                                                 \
+            const int64_t y = t[i];                                                                          \
+            const int64_t kept = y != ignore_index, inside = (uint64_t)y < (uint64_t)n_classes;              \
+            n_valid += kept & inside;                                                                        \
+            n_bad += kept & (inside ^ 1);                                                                    \
+        }                                                                                                    \
+        *valid = (Py_ssize_t)n_valid;                                                                        \
+        *bad = (Py_ssize_t)n_bad;                                                                            \
+    }
+typedef void (*fx_count_i32_t)(const int32_t *, Py_ssize_t, Py_ssize_t, long long, Py_ssize_t *, Py_ssize_t *);
+typedef void (*fx_count_i64_t)(const int64_t *, Py_ssize_t, Py_ssize_t, long long, Py_ssize_t *, Py_ssize_t *);
+FX_COUNT_TARGETS(fx_count_targets_i32_generic, , int32_t)
+FX_COUNT_TARGETS(fx_count_targets_i64_generic, , int64_t)
+#if FX_DISPATCH
+FX_COUNT_TARGETS(fx_count_targets_i32_avx2, __attribute__((target("avx2"))), int32_t)
+FX_COUNT_TARGETS(fx_count_targets_i64_avx2, __attribute__((target("avx2"))), int64_t)
+#endif
+static fx_count_i32_t fx_count_targets_i32 = fx_count_targets_i32_generic;
+static fx_count_i64_t fx_count_targets_i64 = fx_count_targets_i64_generic;
+
 static fx_table_f32 fx_f32 = FX_FILL(f32, generic);
 static fx_table_f64 fx_f64 = FX_FILL(f64, generic);
 static const char *fx_isa = "baseline";
@@ -95,6 +122,8 @@ static const char *fx_init(void) {
         fx_table_f64 f64 = FX_FILL(f64, avx2);
         fx_f32 = f32;
         fx_f64 = f64;
+        fx_count_targets_i32 = fx_count_targets_i32_avx2;
+        fx_count_targets_i64 = fx_count_targets_i64_avx2;
         fx_isa = "avx2+fma";
     }
 #elif defined(FASTXENT_NATIVE)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 
 from .._interface import FloatArray, IntArray, LossParams, fill_totals, row_outputs, row_scale
-from .._interface import index_target_stats as _numpy_target_stats
 from . import (
     _cache,  # noqa: F401  (first: every kernel's cache entry is stamped with the package hash)
     _launch,
     _rows,
     _scaled,
+    _targets,
     _tiles,
 )
 from ._launch import NUMBA_CONFIG
@@ -38,8 +38,7 @@ class NumbaBackend:
     """Numba kernels; see :class:`fastxent._backends._interface.Backend`."""
 
     name = "numba"
-    # A pass over B * K integers: NumPy's reductions are as fast as a kernel, with no JIT start-up.
-    index_target_stats = staticmethod(_numpy_target_stats)
+    index_target_stats = staticmethod(_targets.index_target_stats)
 
     @property
     def details(self) -> str:
