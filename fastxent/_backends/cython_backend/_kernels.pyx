@@ -111,6 +111,13 @@ cdef Py_ssize_t serial_below = SERIAL_BELOW
 #: in (N, C, H, W) logits, so they share L1 sets: half of L1 keeps them there for the second sweep
 #: (8x21x256x256 float32, 1 thread: 1.02 -> 0.85 ns per element for the loss, 1.82 -> 1.62 with the gradient).
 TILE_BYTES = 16 * 1024
+#: Tiles at least this wide take the class-by-class loops (FX_NARROW in fx_tiles_template.h).
+NARROW = 128
+#: Bytes per tile at most where TILE_BYTES would give narrower tiles than NARROW (many classes): there a
+#: tile of 1024 positions measured 2-4x faster for the gradient, softmax and log_softmax, whose sweep
+#: then reads long runs per class, not one line a page from the last (2x1000x32x32 float32, 2 threads:
+#: loss+grad 1.94, 2.56 -> 5.22, 5.77 GB/s). It bounds the softcap's copy of a tile (twice its size).
+WIDE_TILE_BYTES = 4 << 20
 
 # A forked child has none of the parent's pool threads (and a pool mutex may
 # have been held at the fork): a forked child runs every kernel serially.
@@ -131,9 +138,17 @@ cdef int threads_for(Py_ssize_t n_elements, int n_threads) noexcept nogil:
     return n_threads
 
 
-def tile_width(Py_ssize_t n_classes, Py_ssize_t n_positions, Py_ssize_t itemsize):
-    """Positions per tile: a multiple of 16 between 16 and 1024 fitting ``TILE_BYTES``."""
-    cdef Py_ssize_t width = TILE_BYTES // max(1, n_classes * itemsize)
+def tile_width(Py_ssize_t n_classes, Py_ssize_t n_positions, Py_ssize_t itemsize, Py_ssize_t n_rows=1,
+               int n_threads=1):
+    """Positions per tile, a multiple of 16 up to 1024: ``TILE_BYTES`` of logits, or where that would be
+    narrower than ``NARROW``, up to ``WIDE_TILE_BYTES`` (halved down to ``NARROW`` while there are fewer
+    tiles than threads)."""
+    cdef Py_ssize_t row_bytes = max(1, n_classes * itemsize)
+    cdef Py_ssize_t width = TILE_BYTES // row_bytes
+    if width < NARROW:
+        width = min(1024, WIDE_TILE_BYTES // row_bytes)
+        while width > NARROW and n_rows * ((n_positions + width - 1) // width) < n_threads:
+            width //= 2
     width = max(16, min(1024, width - width % 16))
     return max(1, min(width, n_positions))
 
@@ -696,12 +711,12 @@ cdef struct Layout:
     Py_ssize_t itemsize
 
 
-cdef Layout layout_of(cnp.ndarray x):
+cdef Layout layout_of(cnp.ndarray x, int n_threads):
     cdef Layout L
     L.n_classes = x.shape[1]
     L.stride = x.shape[2]
     L.itemsize = cnp.PyArray_ITEMSIZE(x)
-    L.width = tile_width(L.n_classes, L.stride, L.itemsize) if L.stride > 1 else 1
+    L.width = tile_width(L.n_classes, L.stride, L.itemsize, x.shape[0], n_threads) if L.stride > 1 else 1
     L.tiles = (L.stride + L.width - 1) // L.width
     L.units = x.shape[0] * L.tiles
     return L
@@ -1076,11 +1091,11 @@ cdef inline int check(int failed) except -1:
     return 0
 
 
-cdef Job new_job(Kernel kernel, cnp.ndarray x, object out):
+cdef Job new_job(Kernel kernel, cnp.ndarray x, object out, int n_threads):
     cdef Job j
     memset(&j, 0, sizeof(j))
     j.kernel = kernel
-    j.L = layout_of(x)
+    j.L = layout_of(x, threads_for(cnp.PyArray_SIZE(x), n_threads))
     j.x = data(x)
     j.out = NULL if out is None else data(out)
     return j
@@ -1088,7 +1103,7 @@ cdef Job new_job(Kernel kernel, cnp.ndarray x, object out):
 
 def logsumexp(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads):
     """``out (B, K) = log(sum(exp(x), axis=1))``."""
-    cdef Job j = new_job(LSE, x, out)
+    cdef Job j = new_job(LSE, x, out, n_threads)
     cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
     cdef int failed
     with nogil:
@@ -1098,7 +1113,7 @@ def logsumexp(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads):
 
 def softmax(cnp.ndarray x not None, cnp.ndarray out not None, bint log_space, int n_threads):
     """Softmax (or log-softmax) over axis 1 of ``x (B, C, K)``; ``out`` may be ``x``."""
-    cdef Job j = new_job(SOFTMAX, x, out)
+    cdef Job j = new_job(SOFTMAX, x, out, n_threads)
     cdef Py_ssize_t size = cnp.PyArray_SIZE(x)
     cdef int failed = 0
     j.log_space = log_space
@@ -1152,7 +1167,7 @@ cdef void *row_outputs(object loss, object lse, Py_ssize_t rows, Py_ssize_t item
 def cross_entropy_index(cnp.ndarray x not None, cnp.ndarray target not None, object weight, object params,
                         object loss, object lse, object grad, object grad_scale, object totals, int n_threads):
     """Cross-entropy with class indices; see the backend interface for the arguments."""
-    cdef Job j = new_job(XENT_INDEX, x, grad)
+    cdef Job j = new_job(XENT_INDEX, x, grad, n_threads)
     cdef Py_ssize_t c, size = cnp.PyArray_SIZE(x), rows = x.shape[0] * x.shape[2]
     cdef int failed = 0
     # Rows without smoothing read only w[y]; tiles and smoothing read the whole weight array.
@@ -1184,7 +1199,7 @@ def cross_entropy_index(cnp.ndarray x not None, cnp.ndarray target not None, obj
 def cross_entropy_probs(cnp.ndarray x not None, cnp.ndarray target not None, object weight, object params,
                         object loss, object lse, object grad, object grad_scale, object totals, int n_threads):
     """Cross-entropy with class probabilities; see the backend interface for the arguments."""
-    cdef Job j = new_job(XENT_PROBS, x, grad)
+    cdef Job j = new_job(XENT_PROBS, x, grad, n_threads)
     cdef Py_ssize_t b, size = cnp.PyArray_SIZE(x), rows = x.shape[0] * x.shape[2]
     cdef int failed = 0
     j.a = loss_args(j.L, params, grad, grad_scale, False)
