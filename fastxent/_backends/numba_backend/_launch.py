@@ -101,6 +101,18 @@ def _disable_caching(exc: BaseException) -> None:
     )
 
 
+def call_with_cache_fallback(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)``; if Numba raised while loading its on-disk cache (a truncated or foreign
+    file), caching is turned off for every fastxent kernel, with a warning, and the call is made again."""
+    try:
+        return function(*args)
+    except Exception as exc:
+        if not _raised_by_numba_cache(exc):
+            raise
+        _disable_caching(exc)
+        return function(*args)
+
+
 class Kernel:
     """A driver compiled serial and parallel; call it with the thread budget first."""
 
@@ -112,14 +124,7 @@ class Kernel:
         _KERNELS.append(self)
 
     def __call__(self, n_threads: int, n_elements: int, *args: Any) -> None:
-        try:
-            self._launch(n_threads, n_elements, *args)
-        except Exception as exc:
-            # A truncated or foreign cache file makes Numba raise while loading it.
-            if not _raised_by_numba_cache(exc):
-                raise
-            _disable_caching(exc)
-            self._launch(n_threads, n_elements, *args)
+        call_with_cache_fallback(self._launch, n_threads, n_elements, *args)
 
     def _launch(self, n_threads: int, n_elements: int, *args: Any) -> None:
         usable = min(n_threads, NUMBA_CONFIG.NUMBA_NUM_THREADS)

@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit
 
 from .._interface import FloatArray, IntArray
+from ._launch import call_with_cache_fallback
 
 
 @njit(nogil=True, cache=True)
@@ -43,6 +44,9 @@ def index_target_stats(
 ) -> tuple[int, float, int]:
     """``(valid targets, summed weight of their classes, targets out of range)``; see the Backend protocol."""
     flat = target.reshape(-1)
-    valid, bad = _counts(flat, n_classes, ignore_index)
-    weight_sum = float(valid) if weight is None else float(_weight_sum(flat, weight, n_classes, ignore_index))
+    valid, bad = call_with_cache_fallback(_counts, flat, n_classes, ignore_index)
+    if weight is None:
+        weight_sum = float(valid)
+    else:
+        weight_sum = float(call_with_cache_fallback(_weight_sum, flat, weight, n_classes, ignore_index))
     return int(valid), weight_sum, int(bad)
