@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import sys
+from collections import Counter
 from typing import TextIO
 
 from . import _dispatch
-from ._backends import AUTO_ORDER
+from ._backends import AUTO_ORDER, _auto_table
 from ._version import __version__
 
 _SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "neon", "asimd")
@@ -34,6 +35,20 @@ def _version_of(distribution: str) -> str:
         return "not installed"
 
 
+def auto_summary() -> str:
+    """What ``auto`` picks here: how many of its table's shape classes go to each backend, and the fallback."""
+    available = _dispatch.available_backends()
+    counts = Counter(
+        next(name for name in (winner, *AUTO_ORDER) if name in available) for winner, _ in _auto_table.TABLE.values()
+    )
+    shares = ", ".join(f"{name} in {count}" for name, count in counts.most_common())
+    fallback = _dispatch.get_backend()
+    return (
+        f"per call, from a table measured by shape class ({shares} of {len(_auto_table.TABLE)} classes; "
+        f"{fallback} otherwise)"
+    )
+
+
 def config_lines() -> list[str]:
     """The lines :func:`show_config` prints."""
     available = set(_dispatch.available_backends())
@@ -55,8 +70,11 @@ def config_lines() -> list[str]:
         else:
             lines.append(f"  {name:<7} unavailable: {errors.get(name, 'unknown reason')}")
     try:
-        small, large = _dispatch.get_backend(size=1), _dispatch.get_backend()
-        lines.append(f"selected {large}" + (f" ({small} below 2**20 elements)" if small != large else ""))
+        choice = _dispatch.backend_choice()
+        if choice == "auto":
+            lines.append(f"selected auto: {auto_summary()}")
+        else:
+            lines.append(f"selected {_dispatch.get_backend()}")
     except (ValueError, RuntimeError) as exc:
         lines.append(f"selected none: {exc}")
     return lines

@@ -16,9 +16,11 @@ import threading
 from collections.abc import Iterator
 
 import numpy as np
+from numpy.lib.array_utils import normalize_axis_index
 
-from ._backends import AUTO_ORDER, AUTO_SMALL_BELOW, AUTO_SMALL_ORDER, BACKEND_MODULES
+from ._backends import AUTO_ORDER, BACKEND_MODULES, _auto
 from ._backends._interface import Backend
+from ._threads import get_num_threads, set_num_threads
 
 __all__ = [
     "BackendUnavailableError",
@@ -34,7 +36,6 @@ __all__ = [
 ]
 
 _ENV_BACKEND = os.environ.get("FASTXENT_BACKEND", "").strip().lower() or "auto"
-_ENV_THREADS = os.environ.get("FASTXENT_NUM_THREADS", "").strip()
 
 _VALID_NAMES = ("auto", *BACKEND_MODULES)
 
@@ -44,11 +45,21 @@ _load_errors: dict[str, str] = {}
 
 _process_choice: str | None = None
 _context_choice: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastxent_backend", default=None)
-_process_threads: int | None = None
-#: The default thread count, resolved on first use and again after a fork or ``set_num_threads(None)``.
-_default_threads: int | None = None
-#: (choice, small input) -> backend: a choice resolves the same way for the life of the process.
-_resolved: dict[tuple[str, bool], Backend] = {}
+#: A named choice -> backend: each resolves the same way for the life of the process.
+_resolved: dict[str, Backend] = {}
+#: auto's choice by a call's (dtype char, operation, classes, positions, size); cleared when full.
+_by_call: dict[tuple[object, ...], Backend] = {}
+_BY_CALL_LIMIT = 4096
+#: The compute dtypes' names by type character (float16 and bfloat16 are computed in float32).
+_DTYPE_NAMES = {"f": "float32", "d": "float64"}
+#: auto starts a JIT backend its table names only once it is loaded already (a call named it) or once
+#: the calls it would have sped up add up to this many seconds saved: a short script never waits for
+#: the compiler (~0.7 s with a warm on-disk cache, ~20 s with an empty one), a training loop soon does.
+AUTO_JIT_AFTER_SECONDS = 2.0
+#: Seconds that auto's deferred JIT picks would have saved so far in this process.
+_jit_saving = 0.0
+#: The operations whose input has its class axis at 1 (torch's layout); the others' is last.
+_CLASS_AXIS_ONE = ("loss", "loss+grad")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -104,10 +115,13 @@ def _check_name(name: object, source: str) -> str:
     return name.strip().lower()
 
 
-def _resolve(name: str, source: str, size: int | None = None) -> str:
-    """Turn a valid name (or ``auto``) into the name of a loaded backend."""
+def _resolve(name: str, source: str, key: _auto.Key | None = None) -> str:
+    """Turn a valid name (or ``auto``, for a call of table key ``key``) into the name of a loaded backend."""
     if name == "auto":
-        order = AUTO_SMALL_ORDER if size is not None and size < AUTO_SMALL_BELOW else AUTO_ORDER
+        measured = None if key is None else _auto.measured_choice(key)
+        if _deferred(measured):
+            measured = None
+        order = AUTO_ORDER if measured is None else (measured, *AUTO_ORDER)
         return next(candidate for candidate in order if _load(candidate) is not None)
     if _load(name) is None:
         raise BackendUnavailableError(
@@ -115,6 +129,11 @@ def _resolve(name: str, source: str, size: int | None = None) -> str:
             f"({_load_errors[name]}); available here: {', '.join(available_backends())}"
         )
     return name
+
+
+def _deferred(measured: str | None) -> bool:
+    """Whether auto holds back the table's pick ``measured``: a JIT backend not started, not yet earned."""
+    return measured in _auto.JIT_BACKENDS and measured not in _loaded and _jit_saving < AUTO_JIT_AFTER_SECONDS
 
 
 def _choice() -> tuple[str, str]:
@@ -147,27 +166,48 @@ def backend_choice() -> str:
     return _choice()[0]
 
 
-def _size_of(input: object) -> int | None:
+def _key_of(input: object, size: int | None, operation: str, axis: int | None) -> _auto.Key | None:
+    """auto's table key for :func:`get_backend`'s arguments; None without an input."""
+    if operation not in _auto.OPERATIONS:
+        raise ValueError(f"operation must be one of {', '.join(_auto.OPERATIONS)}; got {operation!r}")
+    if size is None and isinstance(input, int | np.integer) and not isinstance(input, bool):
+        size = int(input)
+    if size is not None:
+        return _auto.table_key("float32", operation, size, 1, size)
     if input is None:
         return None
-    if isinstance(input, int | np.integer) and not isinstance(input, bool):
-        return int(input)
-    return int(np.size(input))  # type: ignore[arg-type]
+    array = input if isinstance(input, np.ndarray) else np.asarray(input)
+    shape = array.shape or (1,)
+    if axis is None:
+        axis = 1 if operation in _CLASS_AXIS_ONE and len(shape) > 1 else -1
+    axis = normalize_axis_index(axis, len(shape))
+    dtype = _DTYPE_NAMES.get(array.dtype.char, "float32")
+    return _auto.table_key(dtype, operation, shape[axis], int(np.prod(shape[axis + 1 :])), array.size)
 
 
-def get_backend(input: object = None, *, size: int | None = None) -> str:
+def get_backend(
+    input: object = None, *, size: int | None = None, operation: str = "loss", axis: int | None = None
+) -> str:
     """Name of the backend a call in this thread will use.
 
-    ``auto`` prefers the Cython backend below ``2**20`` elements (no JIT
-    start-up) and Numba from there on, so the answer depends on the input.
+    ``auto`` takes the backend measured fastest for the call's shape class
+    (dtype, operation, layout, number of classes, size; the table in
+    :mod:`fastxent._backends._auto_table`), so the answer depends on the
+    input and the operation.
 
     Parameters
     ----------
     input : array_like or int, optional
-        The input of the call (or its number of elements). Without it, the
-        choice for large inputs is returned.
+        The input of the call (or its number of elements: a 1-D float32
+        input, one row of that many classes). Without it, the choice where
+        the table has no entry is returned.
     size : int, optional
         The number of elements, as a keyword (same as passing an int).
+    operation : {"loss", "loss+grad", "softmax", "log_softmax", "logsumexp"}
+        The call.
+    axis : int, optional
+        The class axis of ``input``: by default the operation's, axis 1 for
+        the losses (axis 0 of a 1-D input) and the last axis for the others.
 
     Returns
     -------
@@ -177,7 +217,7 @@ def get_backend(input: object = None, *, size: int | None = None) -> str:
     Raises
     ------
     ValueError
-        If ``FASTXENT_BACKEND`` holds an unknown name.
+        If ``FASTXENT_BACKEND`` holds an unknown name, or ``operation`` is unknown.
     BackendUnavailableError
         If the requested backend cannot be used here.
 
@@ -189,34 +229,63 @@ def get_backend(input: object = None, *, size: int | None = None) -> str:
     'numpy'
     """
     name, source = _choice()
-    return _resolve(name, source, _size_of(input) if size is None else size)
+    return _resolve(name, source, _key_of(input, size, operation, axis))
 
 
-def current_backend(size: int) -> Backend:
-    """The backend object :func:`get_backend` names for an input of ``size`` elements."""
+def backend_for(operation: str, dtype: np.dtype, n_classes: int, positions: int, size: int) -> Backend:
+    """The backend object for a call: ``operation`` on ``size`` elements of ``dtype`` (a compute dtype),
+    ``n_classes`` classes with ``positions`` positions after the class axis."""
     chosen = _context_choice.get() or _process_choice or _ENV_BACKEND
-    key = (chosen, size < AUTO_SMALL_BELOW)
-    backend = _resolved.get(key)
+    if chosen != "auto":
+        backend = _resolved.get(chosen)
+        if backend is None:
+            name, source = _choice()
+            backend = _resolved[chosen] = _loaded[_resolve(name, source)]
+        return backend
+    # The call's own numbers are the key (cheaper than working out its table key), in a bounded cache.
+    call_key = (dtype.char, operation, n_classes, positions, size)
+    backend = _by_call.get(call_key)
     if backend is None:
-        name, source = _choice()
-        backend = _loaded[_resolve(name, source, size)]
-        _resolved[key] = backend
+        backend = _auto_backend(call_key, dtype, operation, n_classes, positions, size)
     return backend
 
 
-def backend_with(operation: str, size: int) -> Backend:
-    """The backend for an input of ``size`` elements that has ``operation``.
+def _auto_backend(
+    call_key: tuple[object, ...], dtype: np.dtype, operation: str, n_classes: int, positions: int, size: int
+) -> Backend:
+    """:func:`backend_for` under ``auto``, the first time it sees ``call_key``."""
+    global _jit_saving
+    name, source = _choice()
+    key = _auto.table_key(_DTYPE_NAMES.get(dtype.char, "float32"), operation, n_classes, positions, size)
+    backend = _loaded[_resolve(name, source, key)]
+    if _deferred(_auto.measured_choice(key)):
+        # Not remembered: each such call counts towards starting the JIT backend (from the next call on).
+        _jit_saving += _auto.saving(key, size * dtype.itemsize)
+        return backend
+    if len(_by_call) >= _BY_CALL_LIMIT:
+        _by_call.clear()
+    _by_call[call_key] = backend
+    return backend
 
-    That is :func:`current_backend`'s, unless it lacks the operation: then
+
+def current_backend(operation: str, rows: np.ndarray) -> Backend:
+    """:func:`backend_for` a call on ``rows``, its logits as ``(rows, classes[, positions])``."""
+    shape = rows.shape
+    return backend_for(operation, rows.dtype, shape[1], shape[2] if len(shape) > 2 else 1, rows.size)
+
+
+def backend_with(attribute: str, operation: str, rows: np.ndarray) -> Backend:
+    """The backend for ``operation`` on ``rows`` that has ``attribute``.
+
+    That is :func:`current_backend`'s, unless it lacks the attribute: then
     the first backend of the ``auto`` order that has it (the NumPy reference
     has every operation), as bottleneck sends what C cannot do to its slow
     functions.
     """
-    backend = current_backend(size)
-    if hasattr(backend, operation):
+    backend = current_backend(operation, rows)
+    if hasattr(backend, attribute):
         return backend
-    order = AUTO_SMALL_ORDER if size < AUTO_SMALL_BELOW else AUTO_ORDER
-    return next(loaded for loaded in map(_load, order) if loaded is not None and hasattr(loaded, operation))
+    return next(loaded for loaded in map(_load, AUTO_ORDER) if loaded is not None and hasattr(loaded, attribute))
 
 
 def set_backend(name: str) -> None:
@@ -270,91 +339,3 @@ def use_backend(name: str) -> Iterator[str]:
         yield resolved
     finally:
         _context_choice.reset(token)
-
-
-def _cgroup_cpu_limit() -> int | None:
-    """CPUs allowed by a cgroup v2 quota (``cpu.max``), rounded up; None when unlimited."""
-    try:
-        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as handle:
-            quota, period = handle.read().split()[:2]
-    except (OSError, ValueError):
-        return None
-    if quota == "max":
-        return None
-    return max(1, -(-int(quota) // int(period)))
-
-
-def _usable_cpus() -> int:
-    """CPUs this process may use: affinity, cgroup quota, and a valid ``OMP_NUM_THREADS``.
-
-    An invalid ``OMP_NUM_THREADS`` (0, negative, not a number) is ignored, as
-    GNU OpenMP ignores it.
-    """
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        count = os.cpu_count() or 1
-    limit = _cgroup_cpu_limit()
-    if limit is not None:
-        count = min(count, limit)
-    omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if omp.isdigit() and int(omp) >= 1:
-        count = min(count, int(omp))
-    return count
-
-
-def _check_threads(n: object, source: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{source} must be an integer >= 1; got {n!r}")
-    return n
-
-
-def get_num_threads() -> int:
-    """Number of threads the kernels may use.
-
-    :func:`set_num_threads` wins over ``FASTXENT_NUM_THREADS``, which wins over
-    the number of CPUs this process may run on (its affinity mask, its cgroup
-    CPU quota, and ``OMP_NUM_THREADS`` when that is a positive integer).
-    That last number is worked out once, and again in a forked child and
-    after ``set_num_threads(None)``: call that after changing the affinity or
-    ``OMP_NUM_THREADS`` at run time. Values above the number of cores are
-    accepted; each backend uses at most as many threads as it can start
-    (Numba: ``NUMBA_NUM_THREADS``).
-    """
-    global _default_threads
-    if _process_threads is not None:
-        return _process_threads
-    if _default_threads is None:
-        if _ENV_THREADS:
-            if not _ENV_THREADS.isdigit() or int(_ENV_THREADS) < 1:
-                raise ValueError(f"FASTXENT_NUM_THREADS must be an integer >= 1; got {_ENV_THREADS!r}")
-            _default_threads = int(_ENV_THREADS)
-        else:
-            _default_threads = _usable_cpus()
-    return _default_threads
-
-
-def set_num_threads(n: int | None) -> None:
-    """Set the number of threads the kernels may use, for the whole process.
-
-    Parameters
-    ----------
-    n : int or None
-        At least 1; None goes back to the default of :func:`get_num_threads`,
-        worked out afresh. Results do not depend on it: kernels split work by
-        rows and sum over rows in a fixed order.
-    """
-    global _process_threads, _default_threads
-    if n is None:
-        _process_threads = _default_threads = None
-        return
-    _process_threads = _check_threads(n, "n")
-
-
-def _forget_default_threads() -> None:
-    global _default_threads
-    _default_threads = None
-
-
-# A forked child may run on other CPUs (a pool pinned per worker, a new cgroup).
-os.register_at_fork(after_in_child=_forget_default_threads)

@@ -196,7 +196,7 @@ def linear_cross_entropy_and_grad(
     """
     call = prepare(
         hidden, weight, target, bias, class_weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
-        chunk_rows,
+        chunk_rows, "loss+grad",
     )  # fmt: skip
     upstream = upstream_gradient(grad_output, call)
     grad_scale, z_coef = upstream, call.z_loss

@@ -94,8 +94,12 @@ def prepare(
     z_loss: object,
     softcap: object,
     chunk_rows: object,
+    operation: str = "loss",
 ) -> LinearCall:
-    """Check a linear cross-entropy call; every error names the argument and the shapes or value."""
+    """Check a linear cross-entropy call; every error names the argument and the shapes or value.
+
+    ``operation`` ("loss" or "loss+grad") is what the kernel does to each block of logits.
+    """
     hidden_array, compute, result_dtype = float_input(hidden, "hidden")
     weight_array = float_input(weight, "weight").array
     shape = hidden_array.shape
@@ -136,7 +140,7 @@ def prepare(
             f"got {target_array.shape}"
         )
     indices = index_target(target_array, "target").reshape(n_rows, 1)
-    backend = _dispatch.current_backend(n_rows * n_classes)
+    backend = _dispatch.backend_for(operation, compute, n_classes, 1, min(rows, n_rows) * n_classes)
     valid, divisor = index_summary(backend, indices, weights, n_classes, ignore, "target", loss_shape)
     return LinearCall(
         hidden=_compute_layout(hidden_array, compute).reshape(n_rows, n_hidden),

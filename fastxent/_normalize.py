@@ -31,7 +31,7 @@ def _elementwise(kernel_name: str, x: npt.ArrayLike, axis: object, out: object) 
         out_rows = out_array.reshape(layout.bck)
     else:
         out_rows = np.empty(layout.bck, dtype=inp.compute_dtype)
-    backend = _dispatch.current_backend(rows.size)
+    backend = _dispatch.current_backend(kernel_name, rows)
     getattr(backend, kernel_name)(rows, out_rows, _dispatch.get_num_threads())
     return deliver(layout.unrows(out_rows), out_array, inp.result_dtype, direct)
 
@@ -175,7 +175,7 @@ def logsumexp(
         out_rows = np.empty((n_rows, k), dtype=inp.compute_dtype)
     threads = _dispatch.get_num_threads()
     if b is None:
-        _dispatch.current_backend(rows.size).logsumexp(rows, out_rows, threads)
+        _dispatch.current_backend("logsumexp", rows).logsumexp(rows, out_rows, threads)
         sign_rows = _sign_of(out_rows) if return_sign else None
     else:
         scale = np.asarray(b)
@@ -188,7 +188,7 @@ def logsumexp(
         except ValueError:
             raise ValueError(f"b must broadcast to x's shape {inp.array.shape}; got shape {scale.shape}") from None
         sign_rows = np.empty((n_rows, k), dtype=inp.compute_dtype)
-        backend = cast(ScaledLogsumexp, _dispatch.backend_with("logsumexp_scaled", rows.size))
+        backend = cast(ScaledLogsumexp, _dispatch.backend_with("logsumexp_scaled", "logsumexp", rows))
         backend.logsumexp_scaled(rows, layout.strided_rows(scale), out_rows, sign_rows, threads)
         if not return_sign:
             out_rows[sign_rows < 0] = np.nan

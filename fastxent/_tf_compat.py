@@ -69,7 +69,7 @@ def softmax_cross_entropy_with_logits(labels: npt.ArrayLike, logits: npt.ArrayLi
             inp.result_dtype,
             rows,
             rows,
-            _dispatch.current_backend(logits_rows.size),
+            _dispatch.current_backend("loss", logits_rows),
         )
     )
 
@@ -113,7 +113,7 @@ def sparse_softmax_cross_entropy_with_logits(labels: npt.ArrayLike, logits: npt.
         )
     bck = split_shape(shape, inp.array.ndim - 1)
     logits_rows = canonical(inp.array, inp.compute_dtype, bck)
-    backend = _dispatch.current_backend(logits_rows.size)
+    backend = _dispatch.current_backend("loss", logits_rows)
     indices = index_target(label_array, "labels").reshape(bck[0], bck[2])
     index_summary(backend, indices, None, bck[1], None, "labels", label_array.shape)
     rows = float(bck[0])

@@ -192,7 +192,7 @@ def cross_entropy_and_grad(
     array([[-0.25,  0.25],
            [ 0.25, -0.25]])
     """
-    call = prepare(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap)
+    call = prepare(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, "loss+grad")
     grad_scale, z_coef = _grad_scale(call, grad_output)
     grad_rows, destination, direct = _gradient_target(call, input, grad_out, bool(inplace))
     params = call.params

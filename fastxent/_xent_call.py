@@ -124,7 +124,7 @@ def index_summary(
     return valid, divisor
 
 
-def _common_call(input: object, target: object, reduction: object) -> XentCall | None:
+def _common_call(input: object, target: object, reduction: object, operation: str) -> XentCall | None:
     """The call for the common case in one step, or None: C-contiguous float32/float64 ``(N, C)`` logits,
     C-contiguous int32/int64 ``(N,)`` targets, no options (the caller checked those). Every check the
     general path makes still holds; anything else goes there."""
@@ -141,7 +141,7 @@ def _common_call(input: object, target: object, reduction: object) -> XentCall |
     ):
         return None
     b, n_classes = input.shape
-    backend = _dispatch.current_backend(input.size)
+    backend = _dispatch.backend_for(operation, input.dtype, n_classes, 1, input.size)
     indices = target.reshape(b, 1)
     valid, divisor = index_summary(backend, indices, None, n_classes, DEFAULT_IGNORE_INDEX, "target", target.shape)
     return _new_call((
@@ -159,8 +159,9 @@ def prepare(
     label_smoothing: object,
     z_loss: object,
     softcap: object,
+    operation: str = "loss",
 ) -> XentCall:
-    """Check a cross-entropy call and lay it out for a kernel."""
+    """Check a cross-entropy call and lay it out for a kernel of ``operation`` ("loss" or "loss+grad")."""
     if (
         weight is None
         and softcap is None
@@ -171,7 +172,7 @@ def prepare(
         and not label_smoothing
         and not z_loss
     ):
-        call = _common_call(input, target, reduction)
+        call = _common_call(input, target, reduction, operation)
         if call is not None:
             return call
     if type(input) is np.ndarray and input.dtype in COMPUTE_DTYPES:
@@ -195,7 +196,7 @@ def prepare(
         logits = array.reshape(b, n_classes, k)
     else:
         logits = canonical(array, compute, (b, n_classes, k))
-    backend = _dispatch.current_backend(logits.size)
+    backend = _dispatch.current_backend(operation, logits)
 
     target_array = target if type(target) is np.ndarray else np.asarray(target)
     kind = target_array.dtype.kind

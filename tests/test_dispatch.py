@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastxent
-from fastxent import _dispatch
+from fastxent import _dispatch, _threads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,7 +104,7 @@ def test_bad_environment_variable_fails_on_first_use_not_import():
 
 class TestThreads:
     def test_set_and_get(self, monkeypatch):
-        monkeypatch.setattr(_dispatch, "_process_threads", None)
+        monkeypatch.setattr(_threads, "_process_threads", None)
         fastxent.set_num_threads(1)
         assert fastxent.get_num_threads() == 1
 
@@ -134,7 +134,7 @@ class TestThreads:
         target = rng.integers(0, shape[1], shape[:1] + shape[2:])
         results = []
         for n in (1, 2, 3):
-            monkeypatch.setattr(_dispatch, "_process_threads", n)
+            monkeypatch.setattr(_threads, "_process_threads", n)
             per_row = fastxent.cross_entropy(logits, target, reduction="none")
             loss, grad = fastxent.cross_entropy_and_grad(logits, target, reduction="sum")
             results.append((per_row, loss, grad))
@@ -189,14 +189,10 @@ def test_required_backend_missing_fails_the_session(tmp_path):
     assert "FASTXENT_REQUIRE_BACKENDS asks for imaginary" in result.stdout + result.stderr
 
 
-def test_auto_prefers_cython_for_small_inputs_and_numba_for_large(monkeypatch):
-    from fastxent._backends import AUTO_SMALL_BELOW
-
+def test_auto_without_an_input_is_the_fallback_order(monkeypatch):
     monkeypatch.setattr(_dispatch, "_process_choice", "auto")
     available = fastxent.available_backends()
-    small, large = fastxent.get_backend(size=10), fastxent.get_backend(size=AUTO_SMALL_BELOW)
-    assert small == next(name for name in ("cython", "numba", "numpy") if name in available)
-    assert large == fastxent.get_backend() == available[0]
+    assert fastxent.get_backend() == next(name for name in _dispatch.AUTO_ORDER if name in available)
 
 
 def test_cython_build_is_the_expected_variant():
@@ -212,15 +208,31 @@ def test_cython_build_is_the_expected_variant():
 
 
 class TestCallDependentChoice:
-    def test_get_backend_names_the_backend_of_a_given_input(self):
+    def test_get_backend_names_the_backend_of_a_given_input(self, monkeypatch):
+        """Each call's backend is the table's for its shape class, found from the array (or its size)."""
+        from fastxent._backends import _auto
+
+        monkeypatch.setattr(_dispatch, "_process_choice", "auto")
         available = fastxent.available_backends()
-        small, large = np.zeros((128, 10), np.float32), 2**21
-        if "cython" in available:
-            assert fastxent.get_backend(small) == "cython"
-            assert fastxent.get_backend(size=small.size) == "cython"
-        expected_large = next(name for name in _dispatch.AUTO_ORDER if name in available)
-        assert fastxent.get_backend(large) == expected_large
-        assert fastxent.get_backend() == expected_large
+        grid = np.zeros((4, 3, 100, 100))
+        cases = [
+            (np.zeros((128, 10), np.float32), {}, ("float32", "loss", "rows", 10, "small")),
+            (grid, {"operation": "loss+grad"}, ("float64", "loss+grad", "planes", 2, "medium")),
+            (grid, {"operation": "softmax"}, ("float64", "softmax", "rows", 100, "medium")),
+            (
+                np.zeros((4, 3, 100, 100)),
+                {"operation": "softmax", "axis": 1},
+                ("float64", "softmax", "tiles", 2, "medium"),
+            ),
+            (np.zeros(5000, np.float16), {"operation": "logsumexp"}, ("float32", "logsumexp", "rows", 8192, "small")),
+            (2**21, {}, ("float32", "loss", "rows", 32000, "large")),
+        ]
+        for input, options, key in cases:
+            expected = next(name for name in (_auto.measured_choice(key), *_dispatch.AUTO_ORDER) if name in available)
+            assert fastxent.get_backend(input, **options) == expected, (key, options)
+        assert fastxent.get_backend(size=2**21) == fastxent.get_backend(2**21)
+        with pytest.raises(ValueError, match=r"operation must be one of loss, loss\+grad, .*; got 'grad'"):
+            fastxent.get_backend(np.zeros(3), operation="grad")
 
     def test_the_named_backend_is_the_one_that_runs(self, monkeypatch):
         calls = []
@@ -235,20 +247,21 @@ class TestCallDependentChoice:
 
         monkeypatch.setattr(backend, "cross_entropy_index", spy)
         monkeypatch.setattr(_dispatch, "_resolved", {})
+        monkeypatch.setattr(_dispatch, "_by_call", {})
         fastxent.cross_entropy(small, np.zeros(128, np.int64))
         assert calls == [name]
 
 
 class TestThreadCountCache:
     def test_default_is_worked_out_once_and_again_after_set_num_threads_none(self, monkeypatch):
-        monkeypatch.setattr(_dispatch, "_process_threads", None)
-        monkeypatch.setattr(_dispatch, "_ENV_THREADS", "")
-        monkeypatch.setattr(_dispatch, "_default_threads", None)
+        monkeypatch.setattr(_threads, "_process_threads", None)
+        monkeypatch.setattr(_threads, "_ENV_THREADS", "")
+        monkeypatch.setattr(_threads, "_default_threads", None)
         reads = []
-        monkeypatch.setattr(_dispatch, "_usable_cpus", lambda: reads.append(1) or 2)
+        monkeypatch.setattr(_threads, "_usable_cpus", lambda: reads.append(1) or 2)
         assert fastxent.get_num_threads() == 2 and fastxent.get_num_threads() == 2
         assert len(reads) == 1
-        monkeypatch.setattr(_dispatch, "_usable_cpus", lambda: 1)
+        monkeypatch.setattr(_threads, "_usable_cpus", lambda: 1)
         assert fastxent.get_num_threads() == 2
         fastxent.set_num_threads(None)
         assert fastxent.get_num_threads() == 1
@@ -256,12 +269,12 @@ class TestThreadCountCache:
     def test_a_forked_child_works_the_default_out_again(self):
         code = (
             "import os, fastxent\n"
-            "from fastxent import _dispatch\n"
+            "from fastxent import _threads\n"
             "fastxent.get_num_threads()\n"
-            "assert _dispatch._default_threads is not None\n"
+            "assert _threads._default_threads is not None\n"
             "pid = os.fork()\n"
             "if pid == 0:\n"
-            "    os._exit(0 if _dispatch._default_threads is None else 3)\n"
+            "    os._exit(0 if _threads._default_threads is None else 3)\n"
             "_, status = os.waitpid(pid, 0)\n"
             "print(os.waitstatus_to_exitcode(status))\n"
         )

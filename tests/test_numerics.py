@@ -351,7 +351,8 @@ class TestLogsumexpScaleAndSign:
     def test_every_backend_has_its_own(self, backend):
         from fastxent import _dispatch
 
-        assert _dispatch.backend_with("logsumexp_scaled", 10).name == backend
+        rows = np.zeros((1, 10, 1))
+        assert _dispatch.backend_with("logsumexp_scaled", "logsumexp", rows).name == backend
 
     def test_a_backend_without_the_operation_hands_it_on(self, monkeypatch):
         from fastxent import _dispatch
@@ -359,8 +360,8 @@ class TestLogsumexpScaleAndSign:
         class Lacking:
             name = "lacking"
 
-        monkeypatch.setattr(_dispatch, "current_backend", lambda size: Lacking())
-        chosen = _dispatch.backend_with("logsumexp_scaled", 10)
+        monkeypatch.setattr(_dispatch, "current_backend", lambda operation, rows: Lacking())
+        chosen = _dispatch.backend_with("logsumexp_scaled", "logsumexp", np.zeros((1, 10, 1)))
         assert chosen.name in _dispatch.AUTO_ORDER and hasattr(chosen, "logsumexp_scaled")
 
     @pytest.mark.parametrize(("shape", "axis", "b_shape"), [((40, 7), -1, (7,)), ((3, 5, 4, 6), 1, (5, 1, 1))])

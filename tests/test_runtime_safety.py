@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastxent
-from fastxent import _dispatch
+from fastxent import _threads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +72,7 @@ def test_bitwise_identical_for_any_thread_count(backend, monkeypatch, layout):
         target = target[:300].reshape(6, 50).repeat(2, axis=1) % 300
     outputs = []
     for n_threads in (1, 2, 3):
-        monkeypatch.setattr(_dispatch, "_process_threads", n_threads)
+        monkeypatch.setattr(_threads, "_process_threads", n_threads)
         outputs.append(
             (
                 fastxent.cross_entropy_and_grad(logits, target, reduction="none", label_smoothing=0.1),
@@ -201,7 +201,7 @@ def test_numba_num_threads_zero_makes_numba_unavailable_with_the_reason():
 
 
 def test_set_num_threads_from_many_threads(backend, monkeypatch):
-    monkeypatch.setattr(_dispatch, "_process_threads", None)
+    monkeypatch.setattr(_threads, "_process_threads", None)
     logits, target = big_problem(4)
     expected = fastxent.cross_entropy_and_grad(logits, target, reduction="none")
 

@@ -15,16 +15,8 @@ BACKEND_MODULES: dict[str, str] = {
     "numpy": "fastxent._backends.numpy_backend",
 }
 
-#: The order ``auto`` tries backends in for large inputs: fastest first.
-#: Measured with ``python -m fastxent bench --no-latency --repeats 5`` (2 cores,
-#: float32 unless noted, GB/s loss / loss+grad): Cython leads on every row, e.g.
-#: 8192x1000 13.5 / 10.2 against Numba's 6.9 / 5.8, 65536x10 2.9 / 2.0 against
-#: 1.4 / 0.8, 8x21x256x256 6.9 / 4.2 against 4.1 / 2.7, float64 9.5 / 8.1
-#: against 7.4 / 6.7.
+#: The order ``auto`` falls back to where its measured table (:mod:`._auto`) has no entry for a call's
+#: shape class, or names a backend that is not available here. Cython first: it has no JIT start-up
+#: (import + first call 0.16 s against ~0.9 s for Numba with a warm cache), so the table names Numba
+#: only where it measured 5 % faster.
 AUTO_ORDER: tuple[str, ...] = ("cython", "numba", "numpy")
-
-#: Inputs with fewer elements than this prefer the order below. Both orders
-#: now start with Cython, which also has no JIT start-up (import + first call
-#: 0.16 s against ~0.9 s for Numba with a warm cache).
-AUTO_SMALL_BELOW = 1 << 20
-AUTO_SMALL_ORDER: tuple[str, ...] = ("cython", "numba", "numpy")

@@ -1,0 +1,82 @@
+"""What ``auto`` picks for a call: the backend measured fastest on its shape class.
+
+A call's shape class is its dtype, its operation, whether the class axis is
+last (``rows``) or has positions after it (``tiles``), a bucket of its
+number of classes and a bucket of its size. The measured table is
+:mod:`fastxent._backends._auto_table`, written by ``python -m
+fastxent._auto_measure --write`` on the project's machine kind; a class it
+lacks (or a backend that is not available here) falls back to
+:data:`fastxent._backends.AUTO_ORDER`.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+
+from . import AUTO_ORDER, _auto_table
+
+#: The operations the table distinguishes (the bench's).
+OPERATIONS = ("loss", "loss+grad", "softmax", "log_softmax", "logsumexp")
+#: Upper edges of the class buckets (a bucket holds C <= its edge); the last bucket has no edge.
+CLASS_EDGES = (4, 16, 32, 128, 1024, 8192)
+#: The classes each bucket is measured at.
+CLASS_SAMPLES = (2, 10, 32, 100, 1000, 8192, 32000)
+#: Sizes (bytes of logits) where the size buckets change: small calls are dominated by the per-call
+#: cost, huge ones by the memory beyond the last-level cache (16-32 MB on the machines measured).
+SIZE_EDGES = (1 << 18, 1 << 22, 1 << 24)
+SIZE_NAMES = ("small", "medium", "large", "huge")
+#: The bytes each size bucket is measured at.
+SIZE_SAMPLES = (1 << 15, 1 << 20, 1 << 23, 1 << 26)
+_ITEMSIZE = {"float32": 4, "float64": 8}
+#: Positions after the class axis where the layouts change: the class axis last (rows), short runs of
+#: positions per class (tiles), images of 64 x 64 and more (planes).
+POSITION_EDGES = (1, 4095)
+LAYOUTS = ("rows", "tiles", "planes")
+DTYPES = ("float32", "float64")
+#: A challenger must beat the preferred backend (the first of AUTO_ORDER: no JIT start-up) by this much.
+MARGIN = 1.05
+#: Backends that compile their kernels on first use (seconds; ~20 s with an empty on-disk cache).
+JIT_BACKENDS = frozenset({"numba"})
+
+Key = tuple[str, str, str, int, str]
+
+
+def table_key(dtype: str, operation: str, n_classes: int, positions: int, size: int) -> Key:
+    """The table's key for a call of ``size`` elements: ``(dtype, operation, layout, class bucket's sample,
+    size bucket)``."""
+    return (
+        dtype,
+        operation,
+        LAYOUTS[bisect_left(POSITION_EDGES, positions)],
+        CLASS_SAMPLES[bisect_left(CLASS_EDGES, n_classes)],
+        SIZE_NAMES[bisect_right(SIZE_EDGES, size * _ITEMSIZE[dtype])],
+    )
+
+
+def measured_choice(key: Key) -> str | None:
+    """The backend the table names for a call of table key ``key``, or None where it has no entry."""
+    entry = _auto_table.TABLE.get(key)
+    return None if entry is None else entry[0]
+
+
+def pick(speeds: dict[str, float], order: tuple[str, ...]) -> str:
+    """The winner of one measured class: the first of ``order`` unless another is MARGIN faster.
+
+    ``speeds`` maps backend names to GB/s (higher is better).
+    """
+    preferred = next(name for name in order if name in speeds)
+    fastest = max(speeds, key=speeds.__getitem__)
+    return fastest if speeds[fastest] > MARGIN * speeds[preferred] else preferred
+
+
+def saving(key: Key, nbytes: int) -> float:
+    """Seconds the table's winner saves on a call of ``nbytes`` bytes of logits in class ``key``, against
+    the preferred backend (0 where the table has no numbers)."""
+    entry = _auto_table.TABLE.get(key)
+    if entry is None:
+        return 0.0
+    winner, speeds = entry
+    fallback = next((name for name in AUTO_ORDER if name in speeds), winner)
+    if winner == fallback or not speeds.get(winner) or not speeds.get(fallback):
+        return 0.0
+    return max(0.0, nbytes / 1e9 * (1 / speeds[fallback] - 1 / speeds[winner]))
