@@ -53,6 +53,8 @@ class Case:
     peers: dict[str, float] = field(default_factory=dict)
     #: The formulation measured for each peer (the fastest of those it offers).
     formulations: dict[str, str] = field(default_factory=dict)
+    #: The backend ``auto`` picks for this case (its speed is that backend's column).
+    auto: str = ""
 
     @property
     def reference_gbs(self) -> float:
@@ -177,6 +179,10 @@ def measure_case(
             time.sleep(SETTLE_SECONDS)
             with _dispatch.use_backend(name):
                 case.backends[name] = nbytes / time_call(_fastxent_call(operation, logits, target), repeats) / 1e9
+        # After the backends ran: what auto picks once they are started (it starts a JIT backend only after
+        # enough calls, see fastxent._dispatch.AUTO_JIT_AFTER_SECONDS).
+        with _dispatch.use_backend("auto"):
+            case.auto = _dispatch.get_backend(logits, operation=operation, axis=0 if logits.ndim == 1 else 1)
         for peer, (seconds, formulation) in measure_peers(
             operation, "none", logits, target, threads, peers, repeats
         ).items():

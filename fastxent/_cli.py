@@ -53,11 +53,12 @@ def _format_table(cases: list[_bench.Case], backends: list[str]) -> str:
     """
     peers = _peer_order(cases)
     compiled = [name for name in backends if name != "numpy"] or backends
-    header = ["shape", "dtype", "op", "read", "copy", *map(_label, backends), "best/bw", *peers]
+    header = ["shape", "dtype", "op", "read", "copy", *map(_label, backends), "auto", "auto/best", "best/bw", *peers]
     header += [f"x {name}" for name in peers]
     rows = [header]
     for case in cases:
         best = max(case.backends[name] for name in compiled)
+        auto = case.backends.get(case.auto)
         rows.append(
             [
                 "x".join(map(str, case.shape)),
@@ -66,6 +67,8 @@ def _format_table(cases: list[_bench.Case], backends: list[str]) -> str:
                 f"{case.read_gbs:.1f}",
                 f"{case.copy_gbs:.1f}",
                 *(f"{case.backends[name]:.2f}" for name in backends),
+                _label(case.auto),
+                "-" if auto is None else f"{auto / best:.2f}",
                 f"{best / case.reference_gbs:.2f}",
                 *(f"{case.peers[peer]:.2f}" if peer in case.peers else "-" for peer in peers),
                 *(f"{best / case.peers[peer]:.2f}" if peer in case.peers else "-" for peer in peers),
@@ -235,6 +238,8 @@ def _bench_command(args: argparse.Namespace) -> int:
             "backend over read (loss, logsumexp) or copy (loss+grad, softmax, log_softmax) bandwidth; "
             "'x NAME' = its speed-up over NAME."
         )
+        print("auto = the backend fastxent picks for the case (its measured table); auto/best = that backend's")
+        print("GB/s over the best backend's in this run.")
         print("numpy-ref = fastxent's NumPy reference backend; numpy-hand = each operation written by hand in")
         print("NumPy (max-shift, exp, sum, log; softmax - one-hot). reduction='none', int64 class-index targets.\n")
         print(_format_table(cases, backends))
