@@ -64,6 +64,13 @@ class LossAndGrad(_Rows):
     def peakmem_cross_entropy_and_grad_inplace(self, backend: str, shape: str, dtype: str) -> None:
         fastxent.cross_entropy_and_grad(self.scratch, self.target, reduction="none", inplace=True)
 
+    def time_cross_entropy_and_grad_into(self, backend: str, shape: str, dtype: str) -> None:
+        fastxent.cross_entropy_and_grad(self.logits, self.target, reduction="none", grad_out=self.scratch)
+
+    def time_cross_entropy_and_grad_inplace(self, backend: str, shape: str, dtype: str) -> None:
+        # Each call turns the scratch into a gradient (values in [-1, 1]): the same work every time.
+        fastxent.cross_entropy_and_grad(self.scratch, self.target, reduction="none", inplace=True)
+
 
 class Softmax(_Rows):
     def run(self) -> object:
