@@ -9,7 +9,7 @@ from collections import Counter
 from typing import TextIO
 
 from . import _dispatch
-from ._backends import AUTO_ORDER, _auto_table
+from ._backends import AUTO_ORDER, _auto
 from ._version import __version__
 
 _SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "neon", "asimd")
@@ -38,14 +38,15 @@ def _version_of(distribution: str) -> str:
 def auto_summary() -> str:
     """What ``auto`` picks here: how many of its table's shape classes go to each backend, and the fallback."""
     available = _dispatch.available_backends()
-    counts = Counter(
-        next(name for name in (winner, *AUTO_ORDER) if name in available) for winner, _ in _auto_table.TABLE.values()
-    )
+    table = _auto.table()
+    counts = Counter(next(name for name in (winner, *AUTO_ORDER) if name in available) for winner, _ in table.values())
     shares = ", ".join(f"{name} in {count}" for name, count in counts.most_common())
     fallback = _dispatch.get_backend()
+    if not table:
+        return f"{fallback} (no table measured for this CPU's SIMD level)"
     return (
-        f"per call, from a table measured by shape class ({shares} of {len(_auto_table.TABLE)} classes; "
-        f"{fallback} otherwise)"
+        f"per call, from a table measured by shape class for {_auto.simd_level()} "
+        f"({shares} of {len(table)} classes; {fallback} otherwise)"
     )
 
 

@@ -16,10 +16,10 @@ import threading
 from collections.abc import Iterator
 
 import numpy as np
-from numpy.lib.array_utils import normalize_axis_index
 
 from ._backends import AUTO_ORDER, BACKEND_MODULES, _auto
 from ._backends._interface import Backend
+from ._layout import RowLayout
 from ._threads import get_num_threads, set_num_threads
 
 __all__ = [
@@ -38,6 +38,8 @@ __all__ = [
 _ENV_BACKEND = os.environ.get("FASTXENT_BACKEND", "").strip().lower() or "auto"
 
 _VALID_NAMES = ("auto", *BACKEND_MODULES)
+#: get_backend's ``axis`` when not given: the operation's default (None is a valid axis there).
+_DEFAULT_AXIS = object()
 
 _load_lock = threading.Lock()
 _loaded: dict[str, Backend] = {}
@@ -50,14 +52,16 @@ _resolved: dict[str, Backend] = {}
 #: auto's choice by a call's (dtype char, operation, classes, positions, size); cleared when full.
 _by_call: dict[tuple[object, ...], Backend] = {}
 _BY_CALL_LIMIT = 4096
-#: The compute dtypes' names by type character (float16 and bfloat16 are computed in float32).
-_DTYPE_NAMES = {"f": "float32", "d": "float64"}
-#: auto starts a JIT backend its table names only once it is loaded already (a call named it) or once
-#: the calls it would have sped up add up to this many seconds saved: a short script never waits for
-#: the compiler (~0.7 s with a warm on-disk cache, ~20 s with an empty one), a training loop soon does.
+#: auto starts a JIT backend its table names only once a call has named it (so it has compiled) or
+#: once the calls it would have sped up add up to this many seconds saved: a short script never waits
+#: for the compiler (~0.7 s with a warm on-disk cache, ~20 s with an empty one), a training loop does.
 AUTO_JIT_AFTER_SECONDS = 2.0
-#: Seconds that auto's deferred JIT picks would have saved so far in this process.
+#: Seconds that auto's held-back JIT picks would have saved so far in this process.
 _jit_saving = 0.0
+#: Whether the JIT backend has run a kernel (named by a call) or auto has earned starting it.
+_jit_started = False
+#: Calls auto holds back from the JIT backend: call key -> (the backend they run on, seconds saved each).
+_held_back: dict[tuple[object, ...], tuple[Backend, float]] = {}
 #: The operations whose input has its class axis at 1 (torch's layout); the others' is last.
 _CLASS_AXIS_ONE = ("loss", "loss+grad")
 
@@ -84,7 +88,7 @@ def _load(name: str) -> Backend | None:
 
 
 def available_backends() -> list[str]:
-    """Names of the backends usable here, fastest first.
+    """Names of the backends usable here, in ``auto``'s fallback order.
 
     Returns
     -------
@@ -116,11 +120,12 @@ def _check_name(name: object, source: str) -> str:
 
 
 def _resolve(name: str, source: str, key: _auto.Key | None = None) -> str:
-    """Turn a valid name (or ``auto``, for a call of table key ``key``) into the name of a loaded backend."""
+    """Turn a valid name (or ``auto``, for a call of table key ``key``) into the name of a loaded backend.
+
+    ``key`` None gives auto's fallback order (no table entry, or a pick held back).
+    """
     if name == "auto":
         measured = None if key is None else _auto.measured_choice(key)
-        if _deferred(measured):
-            measured = None
         order = AUTO_ORDER if measured is None else (measured, *AUTO_ORDER)
         return next(candidate for candidate in order if _load(candidate) is not None)
     if _load(name) is None:
@@ -131,9 +136,16 @@ def _resolve(name: str, source: str, key: _auto.Key | None = None) -> str:
     return name
 
 
-def _deferred(measured: str | None) -> bool:
-    """Whether auto holds back the table's pick ``measured``: a JIT backend not started, not yet earned."""
-    return measured in _auto.JIT_BACKENDS and measured not in _loaded and _jit_saving < AUTO_JIT_AFTER_SECONDS
+def _held(key: _auto.Key) -> bool:
+    """Whether auto holds back the table's pick for ``key``: a JIT backend not started yet."""
+    return not _jit_started and _auto.measured_choice(key) in _auto.JIT_BACKENDS
+
+
+def _start_jit() -> None:
+    """From now on auto takes the JIT backend where its table names it."""
+    global _jit_started
+    _jit_started = True
+    _held_back.clear()
 
 
 def _choice() -> tuple[str, str]:
@@ -166,7 +178,7 @@ def backend_choice() -> str:
     return _choice()[0]
 
 
-def _key_of(input: object, size: int | None, operation: str, axis: int | None) -> _auto.Key | None:
+def _key_of(input: object, size: int | None, operation: str, axis: object) -> _auto.Key | None:
     """auto's table key for :func:`get_backend`'s arguments; None without an input."""
     if operation not in _auto.OPERATIONS:
         raise ValueError(f"operation must be one of {', '.join(_auto.OPERATIONS)}; got {operation!r}")
@@ -176,38 +188,51 @@ def _key_of(input: object, size: int | None, operation: str, axis: int | None) -
         return _auto.table_key("float32", operation, size, 1, size)
     if input is None:
         return None
-    array = input if isinstance(input, np.ndarray) else np.asarray(input)
-    shape = array.shape or (1,)
-    if axis is None:
-        axis = 1 if operation in _CLASS_AXIS_ONE and len(shape) > 1 else -1
-    axis = normalize_axis_index(axis, len(shape))
-    dtype = _DTYPE_NAMES.get(array.dtype.char, "float32")
-    return _auto.table_key(dtype, operation, shape[axis], int(np.prod(shape[axis + 1 :])), array.size)
+    # The shape and dtype, without converting the input (a Dask array, a torch tensor).
+    shape_of, dtype_of = getattr(input, "shape", None), getattr(input, "dtype", None)
+    if shape_of is None or dtype_of is None:
+        array = np.asarray(input)
+        shape_of, dtype_of = array.shape, array.dtype
+    shape = tuple(shape_of)
+    try:
+        dtype = np.dtype(dtype_of)
+    except TypeError:  # a dtype NumPy does not know (torch's): computed in float32 unless float64
+        dtype = np.dtype(np.float64 if "float64" in str(dtype_of) else np.float32)
+    compute = "float64" if dtype.kind == "f" and dtype.itemsize >= 8 else "float32"
+    if operation in _CLASS_AXIS_ONE:
+        class_axis = (0 if len(shape) < 2 else 1) if axis is _DEFAULT_AXIS else axis
+        b, n_classes, k = RowLayout(shape or (1,), class_axis).bck
+    else:
+        b, n_classes, k = RowLayout(shape, -1 if axis is _DEFAULT_AXIS else axis).bck
+    return _auto.table_key(compute, operation, n_classes, k, b * n_classes * k)
 
 
 def get_backend(
-    input: object = None, *, size: int | None = None, operation: str = "loss", axis: int | None = None
+    input: object = None, *, size: int | None = None, operation: str = "loss", axis: object = _DEFAULT_AXIS
 ) -> str:
     """Name of the backend a call in this thread will use.
 
     ``auto`` takes the backend measured fastest for the call's shape class
     (dtype, operation, layout, number of classes, size; the table in
-    :mod:`fastxent._backends._auto_table`), so the answer depends on the
+    :mod:`fastxent._backends._auto`), so the answer depends on the
     input and the operation.
 
     Parameters
     ----------
     input : array_like or int, optional
-        The input of the call (or its number of elements: a 1-D float32
-        input, one row of that many classes). Without it, the choice where
-        the table has no entry is returned.
+        The input of the call; only its shape and dtype are read. An int
+        stands for a 1-D float32 input of that many elements (one row of that
+        many classes). Without it, the choice where the table has no entry
+        is returned.
     size : int, optional
-        The number of elements, as a keyword (same as passing an int).
-    operation : {"loss", "loss+grad", "softmax", "log_softmax", "logsumexp"}
+        Same as passing an int: one row of ``size`` classes, not any array
+        of ``size`` elements (pass the array for that).
+    operation : {"loss", "loss+grad", "softmax", "log_softmax", "logsumexp"}, default "loss"
         The call.
-    axis : int, optional
-        The class axis of ``input``: by default the operation's, axis 1 for
-        the losses (axis 0 of a 1-D input) and the last axis for the others.
+    axis : int, tuple of int or None, optional
+        As the call's: the class axis of the losses (by default 1, or 0 for a
+        1-D input; the last axis for the TensorFlow-style losses), the axes
+        of the others (by default the last; None means all).
 
     Returns
     -------
@@ -229,18 +254,30 @@ def get_backend(
     'numpy'
     """
     name, source = _choice()
-    return _resolve(name, source, _key_of(input, size, operation, axis))
+    key = _key_of(input, size, operation, axis)
+    return _resolve(name, source, None if key is None or _held(key) else key)
 
 
 def backend_for(operation: str, dtype: np.dtype, n_classes: int, positions: int, size: int) -> Backend:
-    """The backend object for a call: ``operation`` on ``size`` elements of ``dtype`` (a compute dtype),
-    ``n_classes`` classes with ``positions`` positions after the class axis."""
+    """The backend object for a call of ``operation``.
+
+    Parameters
+    ----------
+    operation : str
+        One of :data:`fastxent._backends._auto.OPERATIONS`.
+    dtype : numpy.dtype
+        The compute dtype (float32 or float64).
+    n_classes, positions, size : int
+        Classes, positions after the class axis, elements of the logits.
+    """
     chosen = _context_choice.get() or _process_choice or _ENV_BACKEND
     if chosen != "auto":
         backend = _resolved.get(chosen)
         if backend is None:
             name, source = _choice()
             backend = _resolved[chosen] = _loaded[_resolve(name, source)]
+            if backend.name in _auto.JIT_BACKENDS:
+                _start_jit()  # its kernels compile for this call
         return backend
     # The call's own numbers are the key (cheaper than working out its table key), in a bounded cache.
     call_key = (dtype.char, operation, n_classes, positions, size)
@@ -253,19 +290,27 @@ def backend_for(operation: str, dtype: np.dtype, n_classes: int, positions: int,
 def _auto_backend(
     call_key: tuple[object, ...], dtype: np.dtype, operation: str, n_classes: int, positions: int, size: int
 ) -> Backend:
-    """:func:`backend_for` under ``auto``, the first time it sees ``call_key``."""
+    """:func:`backend_for` under ``auto``, for a call not in its cache."""
     global _jit_saving
-    name, source = _choice()
-    key = _auto.table_key(_DTYPE_NAMES.get(dtype.char, "float32"), operation, n_classes, positions, size)
-    backend = _loaded[_resolve(name, source, key)]
-    if _deferred(_auto.measured_choice(key)):
-        # Not remembered: each such call counts towards starting the JIT backend (from the next call on).
-        _jit_saving += _auto.saving(key, size * dtype.itemsize)
-        return backend
-    if len(_by_call) >= _BY_CALL_LIMIT:
-        _by_call.clear()
-    _by_call[call_key] = backend
-    return backend
+    held = _held_back.get(call_key)
+    if held is None:
+        name, source = _choice()
+        key = _auto.table_key("float64" if dtype.char == "d" else "float32", operation, n_classes, positions, size)
+        if not _held(key):
+            backend = _loaded[_resolve(name, source, key)]
+            if len(_by_call) >= _BY_CALL_LIMIT:
+                _by_call.clear()
+            _by_call[call_key] = backend
+            return backend
+        held = (_loaded[_resolve(name, source)], _auto.saving(key, size * dtype.itemsize))
+        if len(_held_back) >= _BY_CALL_LIMIT:
+            _held_back.clear()
+        _held_back[call_key] = held
+    # This call runs on the fallback; it counts towards starting the JIT backend from the next call on.
+    _jit_saving += held[1]
+    if _jit_saving >= AUTO_JIT_AFTER_SECONDS:
+        _start_jit()
+    return held[0]
 
 
 def current_backend(operation: str, rows: np.ndarray) -> Backend:
@@ -294,7 +339,8 @@ def set_backend(name: str) -> None:
     Parameters
     ----------
     name : {"auto", "numba", "cython", "numpy"}
-        ``"auto"`` picks the fastest available backend.
+        ``"auto"`` picks, per call, the backend measured fastest on the
+        call's shape class (see :func:`get_backend`).
 
     Raises
     ------
@@ -323,7 +369,8 @@ def use_backend(name: str) -> Iterator[str]:
     Yields
     ------
     str
-        The name of the backend in use inside the block.
+        The name of the backend in use inside the block (under ``"auto"``,
+        its fallback: each call picks its own, see :func:`get_backend`).
 
     Examples
     --------

@@ -48,7 +48,8 @@ def loss_by_classes(call: LinearCall, step: int) -> np.ndarray | np.floating:
                 np.divide(block, cap, out=block)
                 np.tanh(block, out=block)
                 block *= cap
-            call.backend.logsumexp(block.reshape(n_rows, high - low, 1), chunk_lse, n_threads)
+            chunk = block.reshape(n_rows, high - low, 1)
+            _dispatch.current_backend("logsumexp", chunk).logsumexp(chunk, chunk_lse, n_threads)
             np.logaddexp(lse, chunk_lse[:, 0], out=lse)
             here = np.flatnonzero(valid & (target >= low) & (target < high))
             picked[here] = block[here, target[here] - low]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import fastxent
@@ -41,7 +42,8 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
     header = cells(printed.splitlines()[printed.splitlines().index("") + 1])
     backends = [_cli._label(name) for name in fastxent.available_backends()]
     # The reference backend is a column of its own; speed-ups are over NumPy written by hand.
-    assert header == ["shape", "dtype", "op", "read", "copy", *backends, "best/bw", "numpy-hand", "x numpy-hand"]
+    expected = ["shape", "dtype", "op", "read", "copy", *backends, "auto", "auto/best", "best/bw", "numpy-hand"]
+    assert header == [*expected, "x numpy-hand"]
     assert "x numpy-ref" not in printed and "µs per call" not in printed
     assert "loss+grad" in printed and "64x100" in printed and "2x5x8x8" in printed
     data = json.loads(output.read_text())
@@ -50,6 +52,11 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
     for case in data["cases"]:
         assert case["read_gbs"] > 0 and all(value > 0 for value in case["backends"].values())
         assert case["peers"]["numpy-hand"] > 0
+        key_axis = 0 if len(case["shape"]) == 1 else 1
+        picked = fastxent.get_backend(
+            np.empty(case["shape"], case["dtype"]), operation=case["operation"], axis=key_axis
+        )
+        assert case["auto"] == picked
 
 
 def test_bench_measures_torch_as_a_peer(tmp_path):

@@ -213,21 +213,22 @@ class TestCallDependentChoice:
         from fastxent._backends import _auto
 
         monkeypatch.setattr(_dispatch, "_process_choice", "auto")
+        monkeypatch.setattr(_dispatch, "_jit_started", True)
         available = fastxent.available_backends()
         grid = np.zeros((4, 3, 100, 100))
         cases = [
             (np.zeros((128, 10), np.float32), {}, ("float32", "loss", "rows", 10, "small")),
             (grid, {"operation": "loss+grad"}, ("float64", "loss+grad", "planes", 2, "medium")),
             (grid, {"operation": "softmax"}, ("float64", "softmax", "rows", 100, "medium")),
-            (
-                np.zeros((4, 3, 100, 100)),
-                {"operation": "softmax", "axis": 1},
-                ("float64", "softmax", "tiles", 2, "medium"),
-            ),
+            (grid, {"operation": "softmax", "axis": 1}, ("float64", "softmax", "planes", 2, "medium")),
+            (grid, {"operation": "softmax", "axis": None}, ("float64", "softmax", "rows", 32000, "medium")),
+            (grid, {"operation": "logsumexp", "axis": (0, 2)}, ("float64", "logsumexp", "rows", 1000, "medium")),
             (np.zeros(5000, np.float16), {"operation": "logsumexp"}, ("float32", "logsumexp", "rows", 8192, "small")),
             (2**21, {}, ("float32", "loss", "rows", 32000, "large")),
         ]
         for input, options, key in cases:
+            axis = options.get("axis", _dispatch._DEFAULT_AXIS)
+            assert _dispatch._key_of(input, None, options.get("operation", "loss"), axis) == key
             expected = next(name for name in (_auto.measured_choice(key), *_dispatch.AUTO_ORDER) if name in available)
             assert fastxent.get_backend(input, **options) == expected, (key, options)
         assert fastxent.get_backend(size=2**21) == fastxent.get_backend(2**21)

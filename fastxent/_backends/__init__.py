@@ -17,6 +17,6 @@ BACKEND_MODULES: dict[str, str] = {
 
 #: The order ``auto`` falls back to where its measured table (:mod:`._auto`) has no entry for a call's
 #: shape class, or names a backend that is not available here. Cython first: it has no JIT start-up
-#: (import + first call 0.16 s against ~0.9 s for Numba with a warm cache), so the table names Numba
-#: only where it measured 5 % faster.
+#: (import + first call 0.16 s, against ~0.7 s for Numba with a warm cache and ~20 s with an empty
+#: one), so the table names Numba only where it measured 5 % faster.
 AUTO_ORDER: tuple[str, ...] = ("cython", "numba", "numpy")

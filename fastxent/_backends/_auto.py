@@ -1,19 +1,25 @@
 """What ``auto`` picks for a call: the backend measured fastest on its shape class.
 
-A call's shape class is its dtype, its operation, whether the class axis is
-last (``rows``) or has positions after it (``tiles``), a bucket of its
-number of classes and a bucket of its size. The measured table is
-:mod:`fastxent._backends._auto_table`, written by ``python -m
-fastxent._auto_measure --write`` on the project's machine kind; a class it
-lacks (or a backend that is not available here) falls back to
+A call's shape class is its dtype, its operation, its layout (the class axis
+last: ``rows``; up to 4095 positions after it: ``tiles``; more: ``planes``),
+a bucket of its number of classes and a bucket of its size in bytes. The
+table was measured on one machine kind at its default thread count (2); the
+thread count is not part of the key. The measured table is
+one per SIMD level Numba compiles for (``_auto_table_avx512``,
+``_auto_table_avx2``: Numba's code follows the CPU, Cython's is AVX2 on
+both), written by ``python -m fastxent._auto_measure --write`` on the
+project's machine kind. A class the table lacks, a CPU with neither level,
+or a backend that is not available here falls back to
 :data:`fastxent._backends.AUTO_ORDER`.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 from bisect import bisect_left, bisect_right
 
-from . import AUTO_ORDER, _auto_table
+from . import AUTO_ORDER
 
 #: The operations the table distinguishes (the bench's).
 OPERATIONS = ("loss", "loss+grad", "softmax", "log_softmax", "logsumexp")
@@ -38,12 +44,48 @@ MARGIN = 1.05
 #: Backends that compile their kernels on first use (seconds; ~20 s with an empty on-disk cache).
 JIT_BACKENDS = frozenset({"numba"})
 
+#: SIMD level -> the module of its table.
+TABLE_MODULES = {level: f"fastxent._backends._auto_table_{level}" for level in ("avx512", "avx2")}
 Key = tuple[str, str, str, int, str]
+Table = dict[Key, tuple[str, dict[str, float]]]
+_table: Table | None = None
+
+
+def simd_level() -> str | None:
+    """The SIMD level of the code Numba makes here ("avx512", "avx2"), or None for neither.
+
+    Numba compiles for this CPU's features unless ``NUMBA_CPU_FEATURES`` lists
+    others (``NUMBA_CPU_NAME`` alone keeps the host's features).
+    """
+    features = os.environ.get("NUMBA_CPU_FEATURES")
+    if features is not None:
+        enabled = {part.strip()[1:] for part in features.split(",") if part.strip().startswith("+")}
+    else:
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+                line = next((line for line in cpuinfo if line.startswith("flags")), ":")
+        except OSError:
+            line = ":"
+        enabled = set(line.split(":", 1)[1].split())
+    if "avx512f" in enabled:
+        return "avx512"
+    return "avx2" if {"avx2", "fma"} <= enabled else None
+
+
+def table() -> Table:
+    """The measured table for this machine's SIMD level (empty where there is none); read once."""
+    global _table
+    if _table is None:
+        level = simd_level()
+        _table = importlib.import_module(TABLE_MODULES[level]).TABLE if level in TABLE_MODULES else {}
+    return _table
 
 
 def table_key(dtype: str, operation: str, n_classes: int, positions: int, size: int) -> Key:
-    """The table's key for a call of ``size`` elements: ``(dtype, operation, layout, class bucket's sample,
-    size bucket)``."""
+    """The table's key for a call of ``size`` elements.
+
+    That is ``(dtype, operation, layout, the class bucket's sample, the size bucket)``.
+    """
     return (
         dtype,
         operation,
@@ -55,7 +97,7 @@ def table_key(dtype: str, operation: str, n_classes: int, positions: int, size: 
 
 def measured_choice(key: Key) -> str | None:
     """The backend the table names for a call of table key ``key``, or None where it has no entry."""
-    entry = _auto_table.TABLE.get(key)
+    entry = table().get(key)
     return None if entry is None else entry[0]
 
 
@@ -70,9 +112,11 @@ def pick(speeds: dict[str, float], order: tuple[str, ...]) -> str:
 
 
 def saving(key: Key, nbytes: int) -> float:
-    """Seconds the table's winner saves on a call of ``nbytes`` bytes of logits in class ``key``, against
-    the preferred backend (0 where the table has no numbers)."""
-    entry = _auto_table.TABLE.get(key)
+    """Seconds the table's winner saves on a call of ``nbytes`` bytes of logits in class ``key``.
+
+    Against the preferred backend; 0 where the table has no numbers.
+    """
+    entry = table().get(key)
     if entry is None:
         return 0.0
     winner, speeds = entry

@@ -3,7 +3,8 @@
 Written by ``python -m fastxent._auto_measure --write``:
 
 - on 2026-12-07, fastxent at df3abfb, in 510 s;
-- CPU: AMD EPYC, 2 threads.
+- CPU: AMD EPYC (family 25 model 17), 2 threads;
+- Numba's code for avx512, Cython's AVX2.
 
 Keys are :func:`fastxent._backends._auto.table_key`'s; values are the winner
 (:func:`fastxent._backends._auto.pick`) and each backend's median GB/s of logits.
