@@ -116,6 +116,17 @@ def _runs_on(monkeypatch, call, kernels, backends=None):
     return ran
 
 
+def _operation_calls(x, target):
+    """The public call of each operation of the table, on ``x`` (class axis 1 for the losses, last else)."""
+    return {
+        "loss": lambda: fastxent.cross_entropy(x, target),
+        "loss+grad": lambda: fastxent.cross_entropy_and_grad(x, target),
+        "softmax": lambda: fastxent.softmax(x),
+        "log_softmax": lambda: fastxent.log_softmax(x),
+        "logsumexp": lambda: fastxent.logsumexp(x, axis=-1),
+    }
+
+
 @pytest.mark.parametrize("table_winner", ["numba", "cython", "numpy"])
 def test_calls_run_on_the_backend_the_table_names(auto_choice, table_winner):
     """Each operation's call follows the table for its own class (the loss and its gradient apart)."""
@@ -131,13 +142,7 @@ def test_calls_run_on_the_backend_the_table_names(auto_choice, table_winner):
         "log_softmax": (("float32", "log_softmax", "rows", 10, "small"), "log_softmax", -1),
         "logsumexp": (("float32", "logsumexp", "rows", 10, "small"), "logsumexp", -1),
     }
-    calls = {
-        "loss": lambda: fastxent.cross_entropy(x, target),
-        "loss+grad": lambda: fastxent.cross_entropy_and_grad(x, target),
-        "softmax": lambda: fastxent.softmax(x),
-        "log_softmax": lambda: fastxent.log_softmax(x),
-        "logsumexp": lambda: fastxent.logsumexp(x, axis=-1),
-    }
+    calls = _operation_calls(x, target)
     other = next(name for name in (*AUTO_ORDER, "numpy") if name != table_winner and name in available)
     for operation, (key, kernel, axis) in keys.items():
         # The operation's own class names table_winner; every other operation's class names another backend.
@@ -215,11 +220,7 @@ def test_every_call_site_names_an_operation_of_the_table(auto_choice):
     labels = rng.integers(0, 5, 6)
     hidden, weight = rng.standard_normal((6, 3)), rng.standard_normal((5, 3))
     calls = {
-        "loss": lambda: fastxent.cross_entropy(x, labels),
-        "loss+grad": lambda: fastxent.cross_entropy_and_grad(x, labels),
-        "softmax": lambda: fastxent.softmax(x),
-        "log_softmax": lambda: fastxent.log_softmax(x),
-        "logsumexp": lambda: fastxent.logsumexp(x, axis=-1),
+        **_operation_calls(x, labels),
         "tf loss": lambda: fastxent.sparse_softmax_cross_entropy_with_logits(labels, x),
         "linear loss": lambda: fastxent.linear_cross_entropy(hidden, weight, labels),
         "linear loss+grad": lambda: fastxent.linear_cross_entropy_and_grad(hidden, weight, labels),
