@@ -14,6 +14,7 @@ import importlib
 import os
 import threading
 from collections.abc import Iterator
+from typing import TypeVar
 
 import numpy as np
 
@@ -52,6 +53,7 @@ _resolved: dict[str, Backend] = {}
 #: auto's choice by a call's (dtype char, operation, classes, positions, size); cleared when full.
 _by_call: dict[tuple[object, ...], Backend] = {}
 _BY_CALL_LIMIT = 4096
+_Value = TypeVar("_Value")
 #: auto starts a JIT backend its table names only once a call has named it (so it has compiled) or
 #: once the calls it would have sped up add up to this many seconds saved: a short script never waits
 #: for the compiler (~0.7 s with a warm on-disk cache, ~20 s with an empty one), a training loop does.
@@ -297,20 +299,23 @@ def _auto_backend(
         name, source = _choice()
         key = _auto.table_key("float64" if dtype.char == "d" else "float32", operation, n_classes, positions, size)
         if not _held(key):
-            backend = _loaded[_resolve(name, source, key)]
-            if len(_by_call) >= _BY_CALL_LIMIT:
-                _by_call.clear()
-            _by_call[call_key] = backend
-            return backend
-        held = (_loaded[_resolve(name, source)], _auto.saving(key, size * dtype.itemsize))
-        if len(_held_back) >= _BY_CALL_LIMIT:
-            _held_back.clear()
-        _held_back[call_key] = held
+            return _remember(_by_call, call_key, _loaded[_resolve(name, source, key)])
+        held = _remember(
+            _held_back, call_key, (_loaded[_resolve(name, source)], _auto.saving(key, size * dtype.itemsize))
+        )
     # This call runs on the fallback; it counts towards starting the JIT backend from the next call on.
     _jit_saving += held[1]
     if _jit_saving >= AUTO_JIT_AFTER_SECONDS:
         _start_jit()
     return held[0]
+
+
+def _remember(cache: dict[tuple[object, ...], _Value], key: tuple[object, ...], value: _Value) -> _Value:
+    """Store ``value`` under ``key`` in one of auto's per-call caches (emptied when full); return it."""
+    if len(cache) >= _BY_CALL_LIMIT:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def current_backend(operation: str, rows: np.ndarray) -> Backend:

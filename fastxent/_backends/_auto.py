@@ -61,12 +61,9 @@ def simd_level() -> str | None:
     if features is not None:
         enabled = {part.strip()[1:] for part in features.split(",") if part.strip().startswith("+")}
     else:
-        try:
-            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-                line = next((line for line in cpuinfo if line.startswith("flags")), ":")
-        except OSError:
-            line = ":"
-        enabled = set(line.split(":", 1)[1].split())
+        from .._config import cpu_simd_features  # imported here: _config imports the dispatch, which imports this
+
+        enabled = set(cpu_simd_features())
     if "avx512f" in enabled:
         return "avx512"
     return "avx2" if {"avx2", "fma"} <= enabled else None
