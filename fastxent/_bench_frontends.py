@@ -1,6 +1,6 @@
 """The front-ends' goals, measured: fastxent.torch and fastxent.jax against torch's and optax's own losses.
 
-Every row times two (or three) calls *interleaved* (sample after sample, in
+Every torch row times two (or three) calls *interleaved* (sample after sample, in
 turn), so that the ratio in a row compares calls that saw the same load; the
 ratios, not the times, are what to compare across runs and machines.
 
@@ -15,7 +15,8 @@ ratios, not the times, are what to compare across runs and machines.
   the peak resident memory of one call in a fresh process;
 - ``jax``: ``jax.jit(jax.value_and_grad(mean loss))`` against optax's, and
   against the same custom VJP over ``jax.pure_callback`` (the alternative to
-  the FFI call, docs/frontends.md).
+  the FFI call, docs/frontends.md); each contender in processes of its own,
+  alternated round after round (``fastxent._bench_jax``).
 
 ``python -m fastxent._bench_frontends [--repeats 5] [--only torch|jax] [--threads N] [--no-memory] [--json FILE]``
 
@@ -36,8 +37,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-
-import numpy as np
 
 from . import _dispatch
 
@@ -215,60 +214,18 @@ def torch_lm_head(repeats: int, memory: bool = True) -> Row:
 # ---------------------------------------------------------------------------
 
 
-@functools.cache
-def _pure_callback_loss() -> Callable[..., object]:
-    """fastxent.jax's integer-label loss with ``jax.pure_callback`` in place of the FFI call (same VJP)."""
-    import jax
+def jax_value_and_grad(repeats: int, shapes: Sequence[tuple[int, int]] = JAX_SHAPES) -> list[Row]:
+    """``jax.jit(jax.value_and_grad(mean loss))``: fastxent.jax (FFI), optax, and the pure_callback variant.
 
-    from . import _xent
+    Each contender in processes of its own, alternated (``fastxent._bench_jax`` says why).
+    """
+    from . import _bench_jax
 
-    def host(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        loss, grad = _xent.cross_entropy_and_grad(np.asarray(logits), np.asarray(labels), reduction="none")
-        return np.asarray(loss), grad
-
-    def call(logits, labels):  # type: ignore[no-untyped-def]
-        shapes = (jax.ShapeDtypeStruct(labels.shape, logits.dtype), jax.ShapeDtypeStruct(logits.shape, logits.dtype))
-        return jax.pure_callback(host, shapes, logits, labels, vmap_method="broadcast_all")
-
-    @jax.custom_vjp
-    def loss(logits, labels):  # type: ignore[no-untyped-def]
-        return call(logits, labels)[0]
-
-    def forward(logits, labels):  # type: ignore[no-untyped-def]
-        value, grad = call(logits, labels)
-        return value, grad
-
-    def backward(grad, cotangent):  # type: ignore[no-untyped-def]
-        return grad * cotangent[:, None], None
-
-    loss.defvjp(forward, backward)
-    return loss  # type: ignore[no-any-return]
-
-
-def jax_value_and_grad(repeats: int) -> list[Row]:
-    """``jax.jit(jax.value_and_grad(mean loss))``: fastxent.jax (FFI), optax, and the pure_callback variant."""
-    import jax
-    import optax
-
-    import fastxent.jax
-
-    rows = []
-    for shape in JAX_SHAPES:
-        rng = np.random.default_rng(0)
-        x = jax.numpy.asarray(rng.standard_normal(shape, dtype=np.float32))
-        y = jax.numpy.asarray(rng.integers(0, shape[1], shape[0]).astype(np.int32))
-        losses = {
-            "fastxent": fastxent.jax.softmax_cross_entropy_with_integer_labels,
-            "optax": optax.softmax_cross_entropy_with_integer_labels,
-            "pure_callback": _pure_callback_loss(),
-        }
-        calls = {}
-        for name, loss in losses.items():
-            step = jax.jit(jax.value_and_grad(lambda a, b, loss=loss: loss(a, b).mean()))
-            calls[name] = lambda step=step, x=x, y=y: jax.block_until_ready(step(x, y))
-        goal = "optax/fastxent >= 1.3"
-        rows.append(Row("jax", f"{shape[0]}x{shape[1]} jit(value_and_grad)", interleaved(calls, repeats), goal=goal))
-    return rows
+    goal = "optax/fastxent >= 1.3"
+    return [
+        Row("jax", f"{rows}x{classes} jit(value_and_grad)", _bench_jax.alternated((rows, classes), repeats), goal=goal)
+        for rows, classes in shapes
+    ]
 
 
 # ---------------------------------------------------------------------------

@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 from frontends import require_frontend
 
+import fastxent
+
 jax = require_frontend("jax")
 optax = require_frontend("jax", "optax")
 fj = require_frontend("jax", "fastxent.jax")
+fj_handlers = require_frontend("jax", "fastxent.jax._handlers")  # the mean cotangent the forward assumes
 fj_optax = require_frontend("jax", "fastxent.jax._optax")  # where the argument checks are, for a fake array
 jnp = jax.numpy
 
@@ -123,6 +126,36 @@ def test_half_precision_computed_in_float32(dtype):
     np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(wide), rtol=2e-2, atol=2e-3)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("count", [1, 3, 10, 1000, 8192, 12345, 100003])
+def test_mean_cotangent_is_what_jnp_mean_hands_each_loss(count, dtype):
+    # The forward writes its gradient for this cotangent; a wrong guess costs a rescale, not accuracy.
+    with jax.enable_x64(dtype == np.float64):
+        got = np.asarray(jax.grad(lambda losses: jnp.mean(losses).astype(jnp.float32))(jnp.zeros(count, dtype)))
+    guess = fj_handlers.mean_cotangent(count, np.dtype(dtype))
+    normal = got[0] >= np.finfo(dtype).tiny  # else the gradient is written unscaled
+    assert guess.dtype == np.dtype(dtype) and np.all(got == guess) == normal and (normal or guess == 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fn", [SPARSE, DENSE], ids=["integer_labels", "dense_labels"])
+def test_mean_gradient_is_the_kernels_own(fn, dtype):
+    # For a mean the backward leaves the forward's gradient as it is: no rounding after the kernel's.
+    with jax.enable_x64(dtype == np.float64):
+        logits, labels = make(fn, (37, 11), -1, dtype, rng("mean", fn.__name__))
+        grad = jax.jit(jax.grad(lambda x: fn(x, labels).mean()))(logits)
+        cotangent = fj_handlers.mean_cotangent(37, np.dtype(dtype))
+        _, want = fastxent.cross_entropy_and_grad(logits, labels, reduction="none", grad_output=cotangent)
+        np.testing.assert_array_equal(np.asarray(grad), want)
+        # Any other cotangent rescales the gradient: a few roundings from the kernel's own (of the
+        # terms before their cancellation: soft labels' p * sum(labels) - labels).
+        for factor, loss in [(1.0, lambda x: fn(x, labels).sum()), (3 * cotangent, lambda x: 3 * fn(x, labels).mean())]:
+            _, want = fastxent.cross_entropy_and_grad(logits, labels, reduction="none", grad_output=factor)
+            tolerance = 8 * np.finfo(dtype).eps
+            got = jax.jit(jax.grad(loss))(logits)
+            np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * np.abs(want).max())
+
+
 def test_large_batch_and_threads():
     # Enough elements for the compiled backends' parallel paths; calls from several Python threads at once.
     logits, labels = make(SPARSE, (4096, 300), -1, np.float32, rng("large"))
@@ -180,3 +213,19 @@ def test_non_cpu_is_refused(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
     with pytest.raises(ValueError, match="default JAX backend is 'tpu'"):
         jax.jit(lambda x: SPARSE(x, jnp.zeros(3, jnp.int32)))(jnp.zeros((3, 4)))
+
+
+def test_jax_bench_contenders_agree_and_are_timed_in_their_own_processes():
+    from fastxent import _bench_jax
+
+    logits, labels = make(SPARSE, (64, 10), -1, np.float32, rng("bench"))
+    results = [
+        jax.value_and_grad(lambda x, loss=_bench_jax._loss(name): loss(x, labels).mean())(logits)
+        for name in _bench_jax.CONTENDERS
+    ]
+    for value, grad in results[1:]:
+        assert_close(value, results[0][0], np.float32)
+        assert_close(grad, results[0][1], np.float32)
+    seconds = _bench_jax.alternated((64, 10), rounds=1, samples=1)
+    assert set(seconds) == set(_bench_jax.CONTENDERS)
+    assert all(0 < value < 1 for value in seconds.values())

@@ -28,8 +28,26 @@ def _rows(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
     return math.prod(shape[:at]), shape[at], math.prod(shape[at + 1 :])
 
 
+def mean_cotangent(count: int, dtype: np.dtype) -> np.generic:
+    """The cotangent that ``jnp.mean`` of ``count`` losses of ``dtype`` hands each of them, or 1.
+
+    ``jnp.mean`` divides in the dtype (in float32 for 16-bit floats), so its
+    transpose gives every loss ``1 / count`` rounded as here. Where that is
+    not a normal number of ``dtype``, 1 (the gradient keeps its precision).
+    """
+    work = np.float32 if np.dtype(dtype).itemsize < 4 else dtype
+    scale = (np.asarray(1, work) / np.asarray(max(count, 1), work)).astype(dtype)
+    if not scale >= np.finfo(dtype).tiny:
+        scale = np.asarray(1, dtype)
+    return scale[()]  # type: ignore[no-any-return]
+
+
 def _run_loss(inputs: list[np.ndarray], outputs: list[np.ndarray], attributes: dict[str, int]) -> None:
-    """Per-example losses into ``outputs[0]`` and, if asked for, their gradient (unit cotangent) into ``outputs[1]``."""
+    """Per-example losses into ``outputs[0]`` and, if asked for, their gradient into ``outputs[1]``.
+
+    The gradient is written for the cotangent of a mean (:func:`mean_cotangent`), the common case:
+    the backward then has nothing left to do when it sees that cotangent, and rescales otherwise.
+    """
     logits, labels = inputs
     axis, dense = attributes["axis"], bool(attributes["dense"])
     # vmap_method="broadcast_all" tiles both arguments to one batch shape: the labels always fit.
@@ -43,7 +61,8 @@ def _run_loss(inputs: list[np.ndarray], outputs: list[np.ndarray], attributes: d
         else:
             advise_huge_pages(outputs[1])
             grad = outputs[1].reshape(b, c, k)
-            loss, _ = _np_cross_entropy_and_grad(x, y, None, ignore_index, "none", grad_out=grad)
+            scale = float(mean_cotangent(outputs[0].size, grad.dtype))
+            loss, _ = _np_cross_entropy_and_grad(x, y, None, ignore_index, "none", grad_output=scale, grad_out=grad)
     except IndexError:
         if dense:
             raise
@@ -65,14 +84,22 @@ def _helpers(count: int) -> ThreadPoolExecutor:
 
 
 def _run_scale(inputs: list[np.ndarray], outputs: list[np.ndarray], attributes: dict[str, int]) -> None:
-    """``outputs[0] = inputs[0] * cotangent`` along the class axis; in place when XLA aliases the two.
+    """``outputs[0]`` = the gradient ``inputs[0]`` (written for :func:`mean_cotangent`) for ``cotangent``.
 
-    A large gradient is split by leading rows over fastxent's threads (NumPy's multiply is one thread, and
-    this sweep is half of a value_and_grad: 8192 x 1000 float32, 2.6 -> 1.35 ms on two threads).
+    XLA aliases the two buffers: for the mean's cotangent nothing is left to do. Otherwise the gradient
+    is multiplied by ``cotangent / mean_cotangent`` (rounded to the dtype: two roundings more than
+    the forward's). A large gradient is split by leading rows over fastxent's threads (NumPy's
+    multiply is one thread: 8192 x 1000 float32, 2.6 -> 1.35 ms on two threads).
     """
     grad, cotangent = inputs
     out = outputs[0]
-    scale = np.expand_dims(cotangent, attributes["axis"])
+    guess = mean_cotangent(cotangent.size, grad.dtype)
+    if np.all(cotangent == guess):
+        if out.ctypes.data != grad.ctypes.data:
+            np.copyto(out, grad)
+        return
+    factor = (cotangent.astype(np.float64) / float(guess)).astype(np.promote_types(grad.dtype, np.float32))
+    scale = np.expand_dims(factor, attributes["axis"])
     threads = min(_dispatch.get_num_threads(), grad.shape[0] if grad.ndim else 1)
     if threads < 2 or out.nbytes < _SPLIT_BYTES or scale.shape[0] != grad.shape[0]:
         np.multiply(grad, scale, out=out)
