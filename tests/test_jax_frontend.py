@@ -219,10 +219,8 @@ def test_jax_bench_contenders_agree_and_are_timed_in_their_own_processes():
     from fastxent import _bench_jax
 
     logits, labels = make(SPARSE, (64, 10), -1, np.float32, rng("bench"))
-    results = [
-        jax.value_and_grad(lambda x, loss=_bench_jax._loss(name): loss(x, labels).mean())(logits)
-        for name in _bench_jax.CONTENDERS
-    ]
+    losses = [_bench_jax._loss(name) for name in _bench_jax.CONTENDERS]
+    results = [jax.value_and_grad(lambda x, loss=loss: loss(x, labels).mean())(logits) for loss in losses]
     for value, grad in results[1:]:
         assert_close(value, results[0][0], np.float32)
         assert_close(grad, results[0][1], np.float32)
