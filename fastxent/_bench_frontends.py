@@ -219,7 +219,7 @@ def jax_value_and_grad(repeats: int, shapes: Sequence[tuple[int, int]] = JAX_SHA
 
     Each contender in processes of its own, alternated (``fastxent._bench_jax`` says why).
     """
-    from . import _bench_jax
+    from . import _bench_jax  # imports this module's interleaved
 
     goal = "optax/fastxent >= 1.3"
     return [

@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ._bench_frontends import interleaved
+
 CONTENDERS = ("fastxent", "optax", "pure_callback")
 
 
@@ -88,14 +90,7 @@ def time_step(
     while calls < 3 or time.perf_counter() - start < warm_up:  # compiled, threads started, pages in use
         jax.block_until_ready(step(x, y))
         calls += 1
-    loops = max(1, int(min_seconds * calls / (time.perf_counter() - start)))
-    times = []
-    for _ in range(samples):
-        start = time.perf_counter()
-        for _ in range(loops):
-            jax.block_until_ready(step(x, y))
-        times.append((time.perf_counter() - start) / loops)
-    return statistics.median(times)
+    return interleaved({name: lambda: jax.block_until_ready(step(x, y))}, samples, min_seconds)[name]
 
 
 def alternated(shape: tuple[int, int], rounds: int, samples: int = 5) -> dict[str, float]:

@@ -87,9 +87,9 @@ def _run_scale(inputs: list[np.ndarray], outputs: list[np.ndarray], attributes: 
     """``outputs[0]`` = the gradient ``inputs[0]`` (written for :func:`mean_cotangent`) for ``cotangent``.
 
     XLA aliases the two buffers: for the mean's cotangent nothing is left to do. Otherwise the gradient
-    is multiplied by ``cotangent / mean_cotangent`` (rounded to the dtype: two roundings more than
-    the forward's). A large gradient is split by leading rows over fastxent's threads (NumPy's
-    multiply is one thread: 8192 x 1000 float32, 2.6 -> 1.35 ms on two threads).
+    is multiplied by ``cotangent / mean_cotangent`` (rounded to the dtype, float32 for 16-bit
+    floats: two roundings more than the forward's). A large gradient is split by leading rows over
+    fastxent's threads (NumPy's multiply is one thread: 8192 x 1000 float32, 2.6 -> 1.35 ms on two).
     """
     grad, cotangent = inputs
     out = outputs[0]
