@@ -9,8 +9,10 @@ float32, ``weight`` a chunk of classes at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import NamedTuple
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -18,7 +20,13 @@ from ._linear_blas import scipy_gemm
 from ._linear_blocks import weight_chunk_rows
 from ._linear_call import LinearCall
 
-__all__ = ["ConvertedProducts", "Outputs", "Products", "products_for"]
+__all__ = ["ConvertedProducts", "Outputs", "Products", "products_for", "products_from"]
+
+#: A front-end's own products for float32/float64 (the torch front-end's run
+#: on torch's BLAS); None: :class:`Products`.
+_FRONT_END_PRODUCTS: contextvars.ContextVar[Callable[..., Any] | None] = contextvars.ContextVar(
+    "fastxent_linear_products", default=None
+)
 
 
 def accumulate_products(total: np.ndarray, a: np.ndarray, b: np.ndarray, first: bool, scratch: np.ndarray) -> None:
@@ -179,8 +187,23 @@ class ConvertedProducts:
             self.outputs.grad_bias[...] = self.grad_bias
 
 
-def products_for(call: LinearCall, outputs: Outputs | None, block_rows: int) -> Products | ConvertedProducts:
+@contextlib.contextmanager
+def products_from(factory: Callable[[LinearCall, Outputs | None], Any]) -> Iterator[None]:
+    """Inside the block, float32/float64 calls in this context make their products with ``factory(call, outputs)``.
+
+    ``factory``'s objects have :class:`Products`' methods. A front-end uses
+    this to run the products on its own framework's BLAS.
+    """
+    token = _FRONT_END_PRODUCTS.set(factory)
+    try:
+        yield
+    finally:
+        _FRONT_END_PRODUCTS.reset(token)
+
+
+def products_for(call: LinearCall, outputs: Outputs | None, block_rows: int) -> Any:
     """The products for ``call``'s dtype, over blocks of at most ``block_rows`` rows."""
     if call.compute == call.hidden.dtype:
-        return Products(call, outputs)
+        factory = _FRONT_END_PRODUCTS.get()
+        return (Products if factory is None else factory)(call, outputs)
     return ConvertedProducts(call, outputs, block_rows)

@@ -603,3 +603,43 @@ def test_linear_shape_errors():
         ft.linear_cross_entropy(torch.randn(4, 3), torch.randn(5, 3), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="bias must have shape"):
         ft.linear_cross_entropy(torch.randn(4, 3), torch.randn(5, 3), torch.zeros(4, dtype=torch.long), torch.ones(4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_grad", [False, True])
+def test_linear_products_run_on_torch_and_match_the_numpy_api(monkeypatch, dtype, with_grad):
+    """The front-end's blocks multiply by torch.mm (MKL in the CPU wheels), with the NumPy API's results.
+
+    Without a gradient and with N < V the loss goes by chunks of classes, so both of the
+    NumPy API's sweeps (blocks of rows, chunks of classes) are covered.
+    """
+    from fastxent import _linear
+    from fastxent.torch import _linear_products
+
+    calls = []
+    original = _linear_products.TorchProducts.logits
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(args[1].shape)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(_linear_products.TorchProducts, "logits", spy)
+    gen = seeded("linear-torch-products", str(dtype), with_grad)
+    # ~3 MB of logits: the default sweep splits them into blocks or chunks
+    hidden = torch.randn(96, 32, dtype=dtype, generator=gen)
+    weight = torch.randn(8000, 32, dtype=dtype, generator=gen) / 4
+    bias = torch.randn(8000, dtype=dtype, generator=gen)
+    target = torch.randint(0, 8000, (96,), generator=gen)
+    leaves = [t.clone().requires_grad_(with_grad) for t in (hidden, weight, bias)]
+    loss = ft.linear_cross_entropy(*leaves[:2], target, leaves[2], label_smoothing=0.1)
+    assert len(calls) > 1, "the call was not cut into blocks or chunks, or did not use torch's products"
+    arrays = (hidden.numpy(), weight.numpy(), target.numpy(), bias.numpy())
+    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+    if not with_grad:
+        expected = _linear.linear_cross_entropy(*arrays, label_smoothing=0.1)
+        torch.testing.assert_close(loss, torch.tensor(float(expected), dtype=dtype), **tolerance)
+        return
+    expected_loss, *expected_grads = _linear.linear_cross_entropy_and_grad(*arrays, label_smoothing=0.1)
+    torch.testing.assert_close(loss.detach(), torch.tensor(float(expected_loss), dtype=dtype), **tolerance)
+    for got, want in zip(torch.autograd.grad(loss, leaves), expected_grads):
+        torch.testing.assert_close(got, torch.from_numpy(want), **tolerance)

@@ -17,8 +17,10 @@ from torch import Tensor
 
 from .._linear import linear_cross_entropy as _np_linear_cross_entropy
 from .._linear import linear_cross_entropy_and_grad as _np_linear_cross_entropy_and_grad
+from .._linear_products import products_from
 from ._backward import refuse_double_backward, scaled
 from ._checks import check_device, check_reduction
+from ._linear_products import TorchProducts
 from ._tensors import as_numpy, as_numpy_exact, to_tensor
 
 #: The tensor arguments, named in errors.
@@ -71,20 +73,21 @@ def _on_arrays(
 ) -> Any:
     """``function`` (the NumPy API's linear loss, or loss and gradients) on zero-copy views of the tensors."""
     h, w, b, cw = _linear_arrays(hidden, weight, bias, class_weight)
-    return function(
-        h,
-        w,
-        as_numpy(target),
-        b,
-        class_weight=cw,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        chunk_rows=chunk_rows,
-        **extra,
-    )
+    with products_from(TorchProducts):
+        return function(
+            h,
+            w,
+            as_numpy(target),
+            b,
+            class_weight=cw,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            chunk_rows=chunk_rows,
+            **extra,
+        )
 
 
 def _linear_grads(result: tuple, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[type-arg]
