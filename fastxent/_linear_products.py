@@ -20,7 +20,7 @@ from ._linear_blas import scipy_gemm
 from ._linear_blocks import weight_chunk_rows
 from ._linear_call import LinearCall
 
-__all__ = ["ConvertedProducts", "Outputs", "Products", "products_for", "products_from"]
+__all__ = ["ConvertedProducts", "Outputs", "Products", "add_bias_gradient", "products_for", "products_from"]
 
 #: A front-end's own products for float32/float64 (the torch front-end's run
 #: on torch's BLAS); None: :class:`Products`.
@@ -107,14 +107,20 @@ class Products:
             weight, trans = self.weight_transposed
             self.gemm(1.0, weight, grad.T, c=grad_hidden[start:stop].T, trans_a=trans, overwrite_c=1)
             self.gemm(1.0, rows.T, grad.T, beta=0.0 if first else 1.0, c=grad_weight.T, trans_b=1, overwrite_c=1)
-        if grad_bias is not None:
-            if first:
-                np.sum(grad, axis=0, out=grad_bias)
-            else:
-                grad_bias += np.sum(grad, axis=0)
+        add_bias_gradient(grad_bias, grad, first)
 
     def finish(self) -> None:
         """Nothing to do: the outputs were written in place."""
+
+
+def add_bias_gradient(grad_bias: np.ndarray | None, grad: np.ndarray, first: bool) -> None:
+    """``grad_bias = grad.sum(0)`` for the first block, else ``grad_bias += grad.sum(0)``; nothing without a bias."""
+    if grad_bias is None:
+        return
+    if first:
+        np.sum(grad, axis=0, out=grad_bias)
+    else:
+        grad_bias += np.sum(grad, axis=0)
 
 
 class ConvertedProducts:

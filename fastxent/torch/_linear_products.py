@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .._linear_call import LinearCall
-from .._linear_products import Outputs
+from .._linear_products import Outputs, add_bias_gradient
 
 __all__ = ["TorchProducts"]
 
@@ -44,15 +44,11 @@ class TorchProducts:
         assert self.outputs is not None
         block = torch.from_numpy(grad)
         torch.mm(block, self.weight, out=self.grad_hidden[start:stop])
-        grad_bias = self.outputs.grad_bias
         if start == 0:
             torch.mm(block.T, rows, out=self.grad_weight)
-            if grad_bias is not None:
-                np.sum(grad, axis=0, out=grad_bias)
         else:
             self.grad_weight.addmm_(block.T, rows)
-            if grad_bias is not None:
-                grad_bias += np.sum(grad, axis=0)
+        add_bias_gradient(self.outputs.grad_bias, grad, start == 0)
 
     def finish(self) -> None:
         """Nothing to do: the outputs were written in place."""
